@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class CohortsConfig(AppConfig):
+    name = "apps.cohorts"
+    label = "cohorts"
+    default_auto_field = "django.db.models.BigAutoField"

@@ -1,0 +1,1 @@
+"""Image input/output: NIfTI and DICOM readers and writers, BIDS parsing. No Django."""

@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class ReaderStudyConfig(AppConfig):
+    name = "reader_study"
+    verbose_name = "Reader study"
+    default_auto_field = "django.db.models.BigAutoField"
