@@ -3,8 +3,15 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from apps.accounts.views import HomeView
+
 urlpatterns = [
+    path("", HomeView.as_view(), name="home"),
+    path("accounts/", include("apps.accounts.urls")),
+    path("cohort/", include("apps.cohorts.urls")),
+    path("jobs/", include("apps.jobs.urls")),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/", include(("config.api_urls", "api"), namespace="api")),
 ]

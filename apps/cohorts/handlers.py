@@ -1,0 +1,73 @@
+"""Job handlers of the cohort app (registered by kind; run by apps.jobs)."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+
+from apps.cohorts.models import Exam
+from apps.cohorts.services.bids import bids_import
+from apps.cohorts.services.prepare import exam_prepare
+from apps.jobs.models import Job
+from apps.jobs.services import Progress, job_handler, job_submit
+from ml.io.archive import safe_extract, single_root
+
+
+def _user(job: Job):
+    return job.created_by if job.created_by_id else None
+
+
+def _source(job: Job, workdir: Path) -> Path:
+    """The dataset folder: the given path, or the uploaded zip extracted safely."""
+    path = Path(job.params["path"])
+    if path.suffix.lower() == ".zip":
+        return single_root(safe_extract(path, workdir, max_bytes=settings.AMINOPET_MAX_UNZIPPED_BYTES))
+    return path
+
+
+def queue_prepare(exam_ids: list[int], *, user=None) -> None:
+    for pk in exam_ids:
+        job_submit(kind="prepare_exam", params={"exam": pk}, user=user)
+
+
+@job_handler("import_bids")
+def handle_import_bids(job: Job, progress: Progress) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix="bids-", dir=settings.MEDIA_ROOT))
+    try:
+        report = bids_import(
+            path=_source(job, workdir), site_name=job.params.get("site"),
+            cohort_name=job.params.get("cohort"), user=_user(job), progress=progress,
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if job.params.get("prepare", True):
+        transaction.on_commit(lambda: queue_prepare(report.new_exam_ids, user=_user(job)))
+    return report.to_dict()
+
+
+@job_handler("import_dicom")
+def handle_import_dicom(job: Job, progress: Progress) -> dict:
+    from apps.cohorts.services.dicom import dicom_import
+
+    workdir = Path(tempfile.mkdtemp(prefix="dicom-", dir=settings.MEDIA_ROOT))
+    try:
+        params = dict(job.params)
+        params.pop("path")
+        prepare = params.pop("prepare", True)
+        report = dicom_import(path=_source(job, workdir), user=_user(job), progress=progress, **params)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if prepare:
+        transaction.on_commit(lambda: queue_prepare(report["new_exam_ids"], user=_user(job)))
+    return report
+
+
+@job_handler("prepare_exam")
+def handle_prepare_exam(job: Job, progress: Progress) -> dict:
+    exam = Exam.objects.get(pk=job.params["exam"])
+    return exam_prepare(exam=exam, progress=progress)
+
+

@@ -1,0 +1,1 @@
+"""Writes on the cohort: imports (BIDS, DICOM), preparation on the common grid, QC, cohorts."""

@@ -1,0 +1,334 @@
+"""Import a BIDS-PET dataset into the cohort (``import_bids`` command, upload page, API).
+
+Two phases, so an import is atomic: first everything is read and checked (layout, labels, every
+image and mask, conflicts with what is already stored) without writing; then files go into the
+content-addressed store and all rows are written in one transaction. Any failure leaves the
+database as it was and removes the files this import added. Re-importing the same data changes
+nothing; a file whose content changed is reported as a conflict, never silently replaced.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from django.db import transaction
+
+from apps.accounts.models import Site
+from apps.accounts.permissions import can_manage_site, is_admin
+from apps.cohorts.models import Cohort, Exam, Mask, Patient, Volume
+from apps.cohorts.services.store import StoreTransaction
+from ml.io.bids import BidsDataset, BidsImage, BidsMask, BidsSession, BidsSubject, check_frames, scan_bids
+from ml.io.errors import ImageFormatError
+from ml.io.nifti import NiftiVolume, load_nifti, sha256_file
+from ml.quant.suv import suv_bw_factor
+
+F18_HALF_LIFE_S = 6586.2
+ProgressFn = Callable[[float, str], None]
+
+
+class ImportConflict(ValueError):
+    """Data that differs from what is already stored; nothing was changed."""
+
+
+@dataclass
+class _PlannedVolume:
+    image: BidsImage
+    volume: NiftiVolume
+    sha256: str
+    exists: Volume | None
+    units: str = ""
+    suv_factor: float | None = None
+    frame_start_s: list[float] | None = None
+    frame_duration_s: list[float] | None = None
+
+
+@dataclass
+class _PlannedMask:
+    mask: BidsMask
+    sha256: str
+    grid_kind: str
+    n_voxels: int
+    volume_ml: float
+    exists: bool
+
+
+@dataclass
+class ImportReport:
+    """What an import did; ``to_dict()`` is stored as the job result."""
+
+    dataset: str
+    sites: list[str] = field(default_factory=list)
+    patients_created: int = 0
+    exams_created: int = 0
+    volumes_created: int = 0
+    masks_created: int = 0
+    unchanged: int = 0
+    skipped_other_sites: list[str] = field(default_factory=list)
+    new_exam_ids: list[int] = field(default_factory=list)
+    cohort: str | None = None
+
+    def to_dict(self) -> dict:
+        return self.__dict__ | {"message": self.message()}
+
+    def message(self) -> str:
+        return (
+            f"{self.patients_created} patients, {self.exams_created} exams, {self.volumes_created} volumes, "
+            f"{self.masks_created} masks imported; {self.unchanged} files unchanged"
+            + (f"; {len(self.skipped_other_sites)} participants of other sites skipped" if self.skipped_other_sites else "")
+        )
+
+
+def _pet_units_and_factor(image: BidsImage) -> tuple[str, float | None]:
+    side = image.sidecar
+    units = str(side.get("Units"))
+    if units in ("SUV", "g/mL"):
+        return "SUV", None
+    dose = float(side["InjectedRadioactivity"])
+    dose_units = str(side.get("InjectedRadioactivityUnits", "MBq"))
+    dose_bq = dose * {"MBq": 1e6, "kBq": 1e3, "Bq": 1.0, "mCi": 3.7e7}.get(dose_units, math.nan)
+    if not math.isfinite(dose_bq):
+        raise ImageFormatError(image.path, f"unknown InjectedRadioactivityUnits {dose_units!r}")
+    # BIDS-PET: images decay-corrected to ImageDecayCorrectionTime (s, relative to TimeZero = injection)
+    delay = float(side.get("ImageDecayCorrectionTime", 0.0) or 0.0)
+    factor = suv_bw_factor(
+        injected_dose_bq=dose_bq, weight_kg=float(side["BodyWeight"]), half_life_s=F18_HALF_LIFE_S, delay_s=delay
+    )
+    if units == "kBq/mL":
+        factor *= 1000.0
+    return "Bq/mL", factor
+
+
+def _plan_volume(image: BidsImage, existing: dict[str, Volume]) -> _PlannedVolume:
+    vol = load_nifti(image.path)
+    kind = image.kind
+    if kind == "pet_dynamic" and vol.n_frames == 1 and "rec" not in image.entities:
+        kind = "pet_static"
+    if kind != image.kind:
+        image = BidsImage(path=image.path, kind=kind, sidecar=image.sidecar, entities=image.entities)
+    if not kind.startswith("pet") and vol.array.ndim != 3:
+        raise ImageFormatError(image.path, f"an MRI image must be 3D, got shape {vol.shape}")
+    if kind == "pet_static" and vol.array.ndim != 3:
+        raise ImageFormatError(image.path, f"static PET must be 3D, got shape {vol.shape}")
+    planned = _PlannedVolume(image=image, volume=vol, sha256=sha256_file(image.path), exists=existing.get(kind))
+    if kind.startswith("pet"):
+        check_frames(image, vol.n_frames)
+        planned.units, planned.suv_factor = _pet_units_and_factor(image)
+        if kind == "pet_dynamic":
+            planned.frame_start_s = [float(x) for x in image.sidecar["FrameTimesStart"]]
+            planned.frame_duration_s = [float(x) for x in image.sidecar["FrameDuration"]]
+            if any(d <= 0 for d in planned.frame_duration_s) or np.any(np.diff(planned.frame_start_s) < 0):
+                raise ImageFormatError(image.path, "frame times must increase and durations be positive")
+    if planned.exists is not None and planned.exists.sha256 != planned.sha256:
+        raise ImportConflict(
+            f"{image.path}: differs from the {kind} already stored for this exam "
+            f"(sha256 {planned.exists.sha256[:12]}… vs {planned.sha256[:12]}…); not replaced"
+        )
+    return planned
+
+
+def _plan_mask(mask: BidsMask, volumes: dict[str, _PlannedVolume], existing: set[tuple[str, str]]) -> _PlannedMask:
+    order = ("pet_static", "pet_dynamic") if mask.datatype == "pet" else ("t1", "t1c", "flair", "t2")
+    grid_kind = next((k for k in order if k in volumes), None)
+    if grid_kind is None:
+        raise ImageFormatError(mask.path, f"mask on the {mask.datatype} grid but the session has no such image")
+    vol = load_nifti(mask.path, ndim=(3,))
+    grid = volumes[grid_kind].volume
+    if vol.shape != grid.shape[:3] or not np.allclose(vol.affine, grid.affine, atol=1e-3):
+        raise ImageFormatError(
+            mask.path, f"not on the grid of {grid_kind} ({vol.shape} vs {grid.shape[:3]}, or a different affine)"
+        )
+    values = np.unique(vol.array)
+    if not set(values.tolist()) <= {0.0, 1.0}:
+        raise ImageFormatError(mask.path, f"a mask must hold only 0 and 1, found {values[:6].tolist()}")
+    n = int(vol.array.sum())
+    if n == 0:
+        raise ImageFormatError(mask.path, "the mask is empty")
+    return _PlannedMask(
+        mask=mask, sha256=sha256_file(mask.path), grid_kind=grid_kind, n_voxels=n,
+        volume_ml=n * float(np.prod(vol.zooms)) / 1000.0, exists=(mask.kind, grid_kind) in existing,
+    )
+
+
+def _check_labels(subject: BidsSubject, patient: Patient | None) -> dict:
+    labels = {k: v for k, v in subject.labels.items() if k != "age"}
+    values = {k: (v or "") for k, v in labels.items()}
+    values["who_grade"] = int(labels["who_grade"]) if labels.get("who_grade") else None
+    age = subject.labels.get("age")
+    try:
+        values["age"] = int(float(age)) if age else None
+    except ValueError as exc:
+        raise ImportConflict(f"participant sub-{subject.label}: age {age!r} is not a number") from exc
+    if patient is not None:
+        changed = [
+            k for k, v in values.items()
+            if v not in ("", None) and getattr(patient, k) not in ("", None) and getattr(patient, k) != v
+        ]
+        if changed:
+            raise ImportConflict(
+                f"participant sub-{subject.label}: labels {', '.join(changed)} differ from those stored; not replaced"
+            )
+    return values
+
+
+def _check_session(session: BidsSession, exam: Exam | None, where: str) -> dict:
+    values = {
+        "timepoint": session.timepoint,
+        "day": session.day or 0,
+        "diagnosis": session.diagnosis or "unknown",
+        "diagnosis_basis": session.diagnosis_basis or "unknown",
+    }
+    if values["diagnosis"] != "unknown" and values["diagnosis_basis"] == "unknown":
+        raise ImageFormatError(where, "a diagnosis needs its diagnosis_basis (histology or follow_up)")
+    if values["day"] < 0:
+        raise ImageFormatError(where, f"day must not be negative ({values['day']})")
+    if exam is not None:
+        changed = [k for k, v in values.items() if getattr(exam, k) != v]
+        if changed:
+            raise ImportConflict(f"{where}: {', '.join(changed)} differ from the stored exam; not replaced")
+    return values
+
+
+def _target_site(subject: BidsSubject, site_name: str | None) -> str | None:
+    if subject.site and site_name and subject.site != site_name:
+        return None
+    return subject.site or site_name
+
+
+def bids_import(
+    *,
+    path: str | Path,
+    site_name: str | None = None,
+    cohort_name: str | None = None,
+    user=None,
+    progress: ProgressFn | None = None,
+) -> ImportReport:
+    """Import a BIDS-PET dataset; see the module docstring for the guarantees.
+
+    Args:
+        path: dataset root.
+        site_name: site of participants without a ``site`` column; with one, only that site's
+            participants are imported (the others are reported as skipped).
+        cohort_name: add every imported exam to this cohort (created if needed).
+        user: the importing user; ``None`` (CLI) may create sites. A non-admin user must be a
+            coordinator of every target site.
+    """
+    report_progress = progress or (lambda pct, msg="": None)
+    report_progress(1, "Checking the dataset layout and labels")
+    dataset: BidsDataset = scan_bids(path)
+    report = ImportReport(dataset=dataset.name, cohort=cohort_name)
+    targets: dict[str, str] = {}
+    for subject in dataset.subjects.values():
+        site = _target_site(subject, site_name)
+        if site is None and subject.site:
+            report.skipped_other_sites.append(f"sub-{subject.label} ({subject.site})")
+        elif site is None:
+            raise ImageFormatError(Path(path) / "participants.tsv", f"sub-{subject.label} has no site; pass --site")
+        else:
+            targets[subject.label] = site
+    if not targets:
+        raise ImageFormatError(path, f"no participant belongs to site {site_name!r}")
+    sites = {name: Site.objects.filter(name=name).first() for name in sorted(set(targets.values()))}
+    for name, site in sites.items():
+        if site is None and user is not None and not is_admin(user):
+            raise PermissionError(f"site {name!r} does not exist; an administrator must create it first")
+        if site is not None and user is not None and not can_manage_site(user, site):
+            raise PermissionError(f"you are not a coordinator of site {name!r}")
+    report.sites = sorted(sites)
+
+    # Phase 1: read and check everything, write nothing.
+    plans = []
+    total = sum(len(dataset.subjects[label].sessions) for label in targets)
+    done = 0
+    for label, site_key in targets.items():
+        subject = dataset.subjects[label]
+        site = sites[site_key]
+        patient = Patient.objects.filter(site=site, code=label).first() if site else None
+        patient_values = _check_labels(subject, patient)
+        sessions = []
+        for ses_label, session in subject.sessions.items():
+            exam = Exam.objects.filter(patient=patient, code=ses_label).first() if patient else None
+            where = str(Path(path) / f"sub-{label}" / f"ses-{ses_label}")
+            exam_values = _check_session(session, exam, where)
+            existing_vols = {v.kind: v for v in exam.volumes.filter(space="native")} if exam else {}
+            volumes = {}
+            for image in session.images:
+                planned = _plan_volume(image, existing_vols)
+                volumes[planned.image.kind] = planned
+            existing_masks = set(exam.masks.filter(space="native").values_list("kind", "grid__kind")) if exam else set()
+            masks = [_plan_mask(m, volumes, existing_masks) for m in session.masks]
+            sessions.append((ses_label, exam, exam_values, volumes, masks))
+            done += 1
+            report_progress(2 + 68 * done / max(total, 1), f"Checked sub-{label} ses-{ses_label} ({done}/{total})")
+        plans.append((label, site_key, patient, patient_values, sessions))
+
+    # Phase 2: store files, then write every row in one transaction.
+    store = StoreTransaction()
+    try:
+        stored: dict[Path, str] = {}
+        files = [v.image.path for *_, sessions in plans for s in sessions for v in s[3].values() if v.exists is None]
+        files += [m.mask.path for *_, sessions in plans for s in sessions for m in s[4] if not m.exists]
+        for i, file in enumerate(files):
+            stored[file], _ = store.put_file(file, category="volumes" if "_mask" not in file.name else "masks")
+            if i % 10 == 0:
+                report_progress(70 + 20 * i / max(len(files), 1), f"Storing files ({i}/{len(files)})")
+        report_progress(90, "Writing the database")
+        with transaction.atomic():
+            cohort = None
+            if cohort_name:
+                cohort, _ = Cohort.objects.get_or_create(name=cohort_name, defaults={"created_by": user})
+            for label, site_key, patient, patient_values, sessions in plans:
+                site = sites[site_key]
+                if site is None:
+                    site = sites[site_key] = Site.objects.create(name=site_key, display_name=site_key.title())
+                if patient is None:
+                    patient = Patient(site=site, code=label, **patient_values)
+                    patient.full_clean()
+                    patient.save()
+                    report.patients_created += 1
+                else:
+                    changed = {k: v for k, v in patient_values.items() if v not in ("", None) and getattr(patient, k) in ("", None)}
+                    if changed:
+                        Patient.objects.filter(pk=patient.pk).update(**changed)
+                for ses_label, exam, exam_values, volumes, masks in sessions:
+                    if exam is None:
+                        exam = Exam(patient=patient, code=ses_label, **exam_values)
+                        exam.full_clean()
+                        exam.save()
+                        report.exams_created += 1
+                        report.new_exam_ids.append(exam.pk)
+                    rows = {}
+                    for kind, pv in volumes.items():
+                        if pv.exists is not None:
+                            rows[kind] = pv.exists
+                            report.unchanged += 1
+                            continue
+                        vol = pv.volume
+                        rows[kind] = Volume.objects.create(
+                            exam=exam, kind=kind, space="native", file=stored[pv.image.path], sha256=pv.sha256,
+                            source_name=pv.image.path.name, shape=list(vol.shape), voxel_size=list(vol.zooms),
+                            affine=vol.affine.tolist(), stored_dtype=vol.stored_dtype, units=pv.units,
+                            suv_factor=pv.suv_factor, frame_start_s=pv.frame_start_s,
+                            frame_duration_s=pv.frame_duration_s,
+                            metadata={k: v for k, v in pv.image.sidecar.items() if isinstance(v, str | int | float | bool)},
+                        )
+                        report.volumes_created += 1
+                    for pm in masks:
+                        if pm.exists:
+                            report.unchanged += 1
+                            continue
+                        Mask.objects.create(
+                            exam=exam, kind=pm.mask.kind, space="native", grid=rows[pm.grid_kind],
+                            file=stored[pm.mask.path], sha256=pm.sha256, source_name=pm.mask.path.name,
+                            n_voxels=pm.n_voxels, volume_ml=pm.volume_ml,
+                        )
+                        report.masks_created += 1
+                    if cohort is not None:
+                        cohort.exams.add(exam)
+    except BaseException:
+        store.rollback()
+        raise
+    report_progress(100, report.message())
+    return report

@@ -1,0 +1,13 @@
+from rest_framework import serializers
+
+from apps.jobs.models import Job
+
+
+class JobSerializer(serializers.ModelSerializer):
+    created_by = serializers.CharField(source="created_by.username", read_only=True, default=None)
+
+    class Meta:
+        model = Job
+        fields = ["id", "kind", "status", "progress", "message", "params", "result", "created_by",
+                  "created_at", "started_at", "finished_at", "attempts"]
+        read_only_fields = fields

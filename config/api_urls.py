@@ -1,0 +1,20 @@
+"""The REST API under /api/ (OpenAPI schema at /api/schema/, docs at /api/docs/)."""
+from django.urls import path
+from rest_framework.routers import DefaultRouter
+
+from apps.cohorts import api as cohorts_api
+from apps.jobs import api as jobs_api
+
+router = DefaultRouter()
+router.register("sites", cohorts_api.SiteViewSet, basename="site")
+router.register("patients", cohorts_api.PatientViewSet, basename="patient")
+router.register("exams", cohorts_api.ExamViewSet, basename="exam")
+router.register("volumes", cohorts_api.VolumeViewSet, basename="volume")
+router.register("cohorts", cohorts_api.CohortViewSet, basename="cohort")
+router.register("jobs", jobs_api.JobViewSet, basename="job")
+
+urlpatterns = [
+    path("imports/bids/", cohorts_api.BidsImportAPI.as_view(), name="import-bids"),
+    path("imports/dicom/", cohorts_api.DicomImportAPI.as_view(), name="import-dicom"),
+    *router.urls,
+]
