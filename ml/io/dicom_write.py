@@ -245,7 +245,15 @@ def write_series(
     slice_spacing = abs(float(slice_step @ normal))
 
     merged: dict[str, Any] = _default_header(modality)
-    merged.update(header or {})
+    given = dict(header or {})
+    if given.get("SeriesDate"):
+        # Keep the other dates of the file on the series' day.
+        for keyword in ("StudyDate", "AcquisitionDate", "ContentDate"):
+            merged[keyword] = given["SeriesDate"]
+    if "RadiopharmaceuticalStartTime" in given and "RadiopharmaceuticalStartDateTime" not in given:
+        # A header with only the start time (older scanners) must not inherit the default date-time.
+        merged.pop("RadiopharmaceuticalStartDateTime", None)
+    merged.update(given)
     series_moment = parse_dicom_datetime(str(merged["SeriesDate"]), str(merged["SeriesTime"]))
     study_uid = merged.pop("StudyInstanceUID", None) or generate_uid()
     series_uid = merged.pop("SeriesInstanceUID", None) or generate_uid()

@@ -80,7 +80,8 @@ def suv_bw_factor(
         The SUVbw factor in g/Bq (mL per Bq x g/mL).
 
     Raises:
-        ValueError: a non-positive or non-finite dose, weight or half-life, or a non-finite delay.
+        ValueError: a non-positive or non-finite dose, weight or half-life, a non-finite or
+            negative delay, or one longer than 64 half-lives.
     """
     for name, value in (
         ("injected_dose_bq", injected_dose_bq),
@@ -92,6 +93,11 @@ def suv_bw_factor(
     if delay_s is None or not math.isfinite(float(delay_s)):
         raise ValueError(f"suv_bw_factor: delay_s must be a finite number, got {delay_s!r}")
     dose = float(injected_dose_bq)
+    if not decay_corrected_to_injection and not 0.0 <= float(delay_s) <= 64.0 * float(half_life_s):
+        raise ValueError(
+            f"suv_bw_factor: delay_s {delay_s!r} is negative or longer than 64 half-lives "
+            "(injection time after the scan, or wrong date)"
+        )
     if not decay_corrected_to_injection:
         dose *= 2.0 ** (-float(delay_s) / float(half_life_s))
     return 1000.0 * float(weight_kg) / dose
@@ -414,12 +420,19 @@ def suv_factor_from_dicom(ds: Any, *, series: Sequence[Any] | None = None) -> fl
     elif decay_correction == "START":
         scan = scan_datetime(ds, series)
         start = injection_datetime(ds, scan=scan)
-        factor = suv_bw_factor(
-            injected_dose_bq=float(dose),
-            weight_kg=float(weight),
-            half_life_s=float(half_life),
-            delay_s=(scan - start).total_seconds(),
-        )
+        delay = (scan - start).total_seconds()
+        try:
+            factor = suv_bw_factor(
+                injected_dose_bq=float(dose),
+                weight_kg=float(weight),
+                half_life_s=float(half_life),
+                delay_s=delay,
+            )
+        except ValueError as exc:
+            raise SuvHeaderError(
+                f"injection at {start.isoformat()} and scan reference time at {scan.isoformat()} "
+                f"give a delay of {delay:.0f} s, which is impossible"
+            ) from exc
     else:
         raise SuvHeaderError(
             f"DecayCorrection {decay_correction or 'missing'!r}: need START or ADMIN for SUV"

@@ -64,6 +64,7 @@ def test_decay_corrected_to_injection_ignores_delay() -> None:
         {"weight_kg": -1.0},
         {"half_life_s": float("nan")},
         {"delay_s": float("inf")},
+        {"delay_s": -10.0},
     ],
 )
 def test_factor_rejects_bad_numbers(kwargs: dict) -> None:
@@ -190,6 +191,7 @@ def test_earliest_acquisition_used_without_frame_times() -> None:
         ({"DecayCorrection": "NONE"}, "DecayCorrection"),
         ({"CorrectedImage": ["ATTN"]}, "DECY"),
         ({"RadiopharmaceuticalStartTime": None}, "RadiopharmaceuticalStartTime"),
+        ({"RadiopharmaceuticalStartDateTime": "20240102110000"}, "impossible"),
     ],
 )
 def test_unusable_headers_name_the_field(overrides: dict, field: str) -> None:
