@@ -361,19 +361,23 @@ def _slice_step(frame: list[_Slice], normal: np.ndarray, first_ds: Dataset) -> n
         return normal * abs(float(thickness))
     heights = np.array([float(s.position @ normal) for s in frame])
     gaps = np.diff(heights)
-    step = (frame[-1].position - frame[0].position) / (len(frame) - 1)
-    mean_gap = float(step @ normal)
-    if mean_gap <= _SPACING_ATOL_MM:
-        raise ImageFormatError(frame[0].shown, "slices share one position (duplicate images or mixed series)")
-    tol = max(_SPACING_ATOL_MM, _SPACING_RTOL * mean_gap)
-    bad = np.flatnonzero(np.abs(gaps - mean_gap) > tol)
+    typical = float(np.median(gaps))
+    if typical <= _SPACING_ATOL_MM or np.any(gaps <= _SPACING_ATOL_MM):
+        i = int(np.argmin(gaps))
+        raise ImageFormatError(
+            frame[i + 1].shown,
+            f"slices share one position with {frame[i].shown} (duplicate images or mixed series)",
+        )
+    tol = max(_SPACING_ATOL_MM, _SPACING_RTOL * typical)
+    bad = np.flatnonzero(np.abs(gaps - typical) > tol)
     if bad.size:
         i = int(bad[0])
         raise ImageFormatError(
             frame[i + 1].shown,
             f"missing slices or non-uniform slice spacing: {gaps[i]:.3f} mm from the previous slice "
-            f"({frame[i].shown}) where the series averages {mean_gap:.3f} mm",
+            f"({frame[i].shown}) where the series has {typical:.3f} mm",
         )
+    step = (frame[-1].position - frame[0].position) / (len(frame) - 1)
     for k, s in enumerate(frame):
         expected = frame[0].position + k * step
         if np.linalg.norm(s.position - expected) > tol:
