@@ -20,6 +20,7 @@ identifying leaves :func:`ml.io.dicom.read_dicom_series`.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 from datetime import date, timedelta
 from typing import Any
@@ -216,7 +217,7 @@ def deidentify_dataset(
     Returns:
         The de-identified dataset, marked PatientIdentityRemoved = YES.
     """
-    out = ds if in_place else ds.copy()
+    out = ds if in_place else copy.deepcopy(ds)
     if hasattr(out, "file_meta") and out.file_meta is not None and "MediaStorageSOPInstanceUID" in out.file_meta:
         out.file_meta.MediaStorageSOPInstanceUID = uid_map(
             str(out.file_meta.MediaStorageSOPInstanceUID), salt=salt
