@@ -47,6 +47,9 @@ DEFAULT_MAX_BYTES = 2 * 1024**3
 _SKIP_NAMES = {"dicomdir", "readme", "thumbs.db", "lockfile", "version"}
 _SKIP_SUFFIXES = {".txt", ".json", ".md", ".xml", ".htm", ".html", ".pdf", ".ini", ".log", ".csv"}
 
+#: Objects that carry pixel data but are not image volumes (segmentations, RT, reports...).
+_NON_VOLUME_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTIMAGE", "SR", "PR", "KO", "REG", "DOC"}
+
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 # Relative tolerance on slice spacing (and absolute floor in mm): what scanners' rounding of
@@ -184,7 +187,7 @@ def _collect(path: Path, tmp: Path, max_bytes: int) -> list[tuple[Path, str]]:
 
 
 def _read_header(file: Path, shown: str) -> Dataset | None:
-    """A DICOM dataset with pixel data, None for non-image DICOM; raises when not DICOM."""
+    """A DICOM image dataset; None for DICOM that is not an image volume; raises when not DICOM."""
     try:
         ds = pydicom.dcmread(file)
     except InvalidDicomError:
@@ -197,6 +200,8 @@ def _read_header(file: Path, shown: str) -> Dataset | None:
     except Exception as exc:
         raise ImageFormatError(shown, f"not a readable DICOM file ({exc})") from exc
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        return None
+    if str(ds.get("Modality", "")).upper() in _NON_VOLUME_MODALITIES:
         return None
     return ds
 
