@@ -203,6 +203,13 @@ def _read_header(file: Path, shown: str) -> Dataset | None:
         return None
     if str(ds.get("Modality", "")).upper() in _NON_VOLUME_MODALITIES:
         return None
+    frames = ds.get("NumberOfFrames")
+    if frames is not None and str(frames).strip() and int(frames) > 1:
+        raise ImageFormatError(
+            shown,
+            f"enhanced multi-frame DICOM ({int(frames)} frames in one file) is not supported; "
+            "export the series as classic single-frame images",
+        )
     return ds
 
 

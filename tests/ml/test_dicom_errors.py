@@ -215,3 +215,14 @@ def test_not_a_zip_nor_dicom(tmp_path: Path) -> None:
     with pytest.raises(ImageFormatError) as info:
         read_dicom_series(bad)
     assert info.value.path == str(bad)
+
+
+def test_enhanced_multiframe_is_refused_clearly(tmp_path: Path) -> None:
+    paths = write_series(_values(), AFFINE, tmp_path, modality="MR")
+    ds = pydicom.dcmread(paths[0])
+    ds.NumberOfFrames = 2
+    ds.PixelData = ds.PixelData * 2
+    ds.save_as(paths[0])
+    with pytest.raises(ImageFormatError, match="multi-frame") as info:
+        read_dicom_series(tmp_path)
+    assert info.value.path == str(paths[0])
