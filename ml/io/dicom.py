@@ -321,14 +321,25 @@ def _frame_index(items: list[_Slice], shown0: str) -> None:
     positions = {tuple(np.round(s.position, 3)) for s in items}
     if len(positions) == len(items):
         return
-    for keyword in ("FrameReferenceTime", "AcquisitionTime", "TriggerTime", "TemporalPositionIdentifier"):
+    # PET frames differ in reference/acquisition time; MR slices always do, so MR only groups by
+    # an explicit temporal position (other duplicates, e.g. echoes, are a mixed series).
+    keywords = (
+        ("FrameReferenceTime", "AcquisitionTime")
+        if str(first.get("Modality", "")).upper() == "PT"
+        else ("TemporalPositionIdentifier",)
+    )
+    for keyword in keywords:
         keys = [s.ds.get(keyword) for s in items]
-        if all(k is not None for k in keys) and len({str(k) for k in keys}) > 1:
-            ordered = sorted({float(k) if keyword != "AcquisitionTime" else _time_s(k) for k in keys})
-            lookup = {v: i for i, v in enumerate(ordered)}
-            for s, k in zip(items, keys):
-                s.frame = lookup[float(k) if keyword != "AcquisitionTime" else _time_s(k)]
-            return
+        if any(k is None or str(k).strip() == "" for k in keys) or len({str(k) for k in keys}) < 2:
+            continue
+        try:
+            numbers = [_time_s(k) if keyword == "AcquisitionTime" else float(k) for k in keys]
+        except (TypeError, ValueError):
+            continue
+        lookup = {v: i for i, v in enumerate(sorted(set(numbers)))}
+        for s, number in zip(items, numbers):
+            s.frame = lookup[number]
+        return
     raise ImageFormatError(
         shown0,
         "several images share one slice position and nothing tells them apart as frames "

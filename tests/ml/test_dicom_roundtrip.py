@@ -224,3 +224,22 @@ def test_write_series_rejects_bad_arguments(tmp_path: Path) -> None:
         write_series(np.full(SHAPE, np.nan), AFFINES["ras"], tmp_path, modality="MR")
     with pytest.raises(ValueError, match="3D"):
         write_series(np.zeros((4, 4)), AFFINES["ras"], tmp_path, modality="MR")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [{"ImageIndex": None}, {"ImageIndex": None, "FrameReferenceTime": None}],
+    ids=["by_frame_reference_time", "by_acquisition_time"],
+)
+def test_dynamic_frames_grouped_without_image_index(tmp_path: Path, header: dict) -> None:
+    starts, durations = [0.0, 30.0, 90.0], [30.0, 60.0, 120.0]
+    values = _phantom((*SHAPE, 3), seed=6)
+    write_series(
+        values, AFFINES["lps"], tmp_path, modality="PT",
+        frame_start_s=starts, frame_duration_s=durations, header=header,
+    )
+    (series,) = read_dicom_series(tmp_path)
+    assert series.array.shape == (*SHAPE, 3)
+    assert series.frame_start_s == pytest.approx(starts, abs=1e-6)
+    factor = series.suv_factor
+    np.testing.assert_allclose(series.array, values * factor, atol=_quantisation_tol(values) * factor)
