@@ -430,7 +430,10 @@ def _frame_timing(
     except (AttributeError, ValueError):
         acq = []
     if len(frames) > 1 and acq and len(set(acq)) == len(acq) and series_moment is not None:
-        starts = [(a - series_moment).total_seconds() for a in acq]
+        # Frame starts count from the series start; a SeriesTime written after the first frame
+        # began (some GE exports) falls back on the first frame's start.
+        reference = min(series_moment, min(acq))
+        starts = [(a - reference).total_seconds() for a in acq]
     else:
         refs = [d.get("FrameReferenceTime") for d in firsts]
         if any(r is None for r in refs):

@@ -28,12 +28,20 @@ PHI = {
     "PatientTelephoneNumbers": "+33383000000",
 }
 
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    """A fresh folder of its own (tmp_path also holds the shared media root)."""
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    return folder
+
+
 
 @pytest.fixture
-def pet_folder(tmp_path: Path) -> tuple[Path, pydicom.Dataset]:
+def pet_folder(out: Path) -> tuple[Path, pydicom.Dataset]:
     values = np.random.default_rng(0).uniform(100, 1000, size=(8, 8, 4))
-    paths = write_series(values, np.diag([2.0, 2.0, 3.0, 1.0]), tmp_path, modality="PT", header=PHI)
-    return tmp_path, pydicom.dcmread(paths[0])
+    paths = write_series(values, np.diag([2.0, 2.0, 3.0, 1.0]), out, modality="PT", header=PHI)
+    return out, pydicom.dcmread(paths[0])
 
 
 def test_read_dicom_series_metadata_holds_no_phi(pet_folder: tuple[Path, pydicom.Dataset]) -> None:

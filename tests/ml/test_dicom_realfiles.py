@@ -26,6 +26,14 @@ DATA = Path(pydicom.data.__file__).parent / "test_files"
 DICOMDIR_TESTS = DATA / "dicomdirtests"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    """A fresh folder of its own (tmp_path also holds the shared media root)."""
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    return folder
+
+
 
 def _expected_in_plane(file: str) -> np.ndarray:
     """RAS affine columns for (i, j) and the origin, from nibabel's wrapper."""
@@ -68,7 +76,7 @@ def test_transfer_syntaxes_give_the_same_volume(variant: str) -> None:
     np.testing.assert_allclose(series.affine, reference.affine)
 
 
-def test_real_multi_file_ct_series(tmp_path: Path) -> None:
+def test_real_multi_file_ct_series(out: Path) -> None:
     # 98892001/CT5N: five 16x16 axial CT slices, 2.5 mm apart, stored top to bottom.
     folder = DICOMDIR_TESTS / "98892001" / "CT5N"
     files = sorted(folder.iterdir())
@@ -102,21 +110,21 @@ def test_real_radial_localiser_is_a_mixed_series() -> None:
     assert "MR700" in info.value.path
 
 
-def test_truncated_real_file_is_refused(tmp_path: Path) -> None:
-    target = tmp_path / "MR_truncated.dcm"
+def test_truncated_real_file_is_refused(out: Path) -> None:
+    target = out / "MR_truncated.dcm"
     shutil.copy(get_testdata_file("MR_truncated.dcm"), target)
     with pytest.raises(ImageFormatError, match="pixel data cannot be decoded") as info:
-        read_dicom_series(tmp_path)
+        read_dicom_series(out)
     assert info.value.path == str(target)
 
 
-def test_real_segmentation_object_is_not_an_image_series(tmp_path: Path) -> None:
+def test_real_segmentation_object_is_not_an_image_series(out: Path) -> None:
     # liver_1frame.dcm is a DICOM SEG: skipped next to images, refused alone.
     file = get_testdata_file("liver_1frame.dcm")
     with pytest.raises(ImageFormatError, match="no DICOM image series") as info:
         read_dicom_series(file)
     assert info.value.path == str(file)
-    shutil.copy(get_testdata_file("MR_small.dcm"), tmp_path / "mr.dcm")
-    shutil.copy(file, tmp_path / "seg.dcm")
-    (series,) = read_dicom_series(tmp_path)
+    shutil.copy(get_testdata_file("MR_small.dcm"), out / "mr.dcm")
+    shutil.copy(file, out / "seg.dcm")
+    (series,) = read_dicom_series(out)
     assert series.modality == "MR"

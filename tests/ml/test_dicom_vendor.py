@@ -14,14 +14,22 @@ from tests.fixtures.suv.vendor_headers import expected_factors, header_sets, loa
 EXPECTED = expected_factors()
 AFFINE = np.diag([2.0, 2.0, 2.5, 1.0])
 
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    """A fresh folder of its own (tmp_path also holds the shared media root)."""
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    return folder
+
+
 
 @pytest.mark.parametrize("name", header_sets())
-def test_series_written_with_vendor_header_imports_with_known_factor(tmp_path: Path, name: str) -> None:
+def test_series_written_with_vendor_header_imports_with_known_factor(out: Path, name: str) -> None:
     header = {k: v for k, v in load_instances(name)[0].items()}
     rng = np.random.default_rng(7)
     stored = rng.uniform(100.0, 30000.0, size=(16, 16, 8))
-    write_series(stored, AFFINE, tmp_path, modality="PT", header=header)
-    (series,) = read_dicom_series(tmp_path)
+    write_series(stored, AFFINE, out, modality="PT", header=header)
+    (series,) = read_dicom_series(out)
     assert abs(series.suv_factor - EXPECTED[name]) < 1e-6
     assert series.suv_factor == pytest.approx(EXPECTED[name], rel=1e-9)
     assert series.units == "SUV"
