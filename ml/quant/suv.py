@@ -80,8 +80,9 @@ def suv_bw_factor(
         The SUVbw factor in g/Bq (mL per Bq x g/mL).
 
     Raises:
-        ValueError: a non-positive or non-finite dose, weight or half-life, a non-finite or
-            negative delay, or one longer than 64 half-lives.
+        ValueError: a non-positive or non-finite dose, weight or half-life, a non-finite delay,
+            or one longer than 64 half-lives. (A negative delay, reference time before
+            injection, is allowed here; :func:`suv_factor_from_dicom` refuses it.)
     """
     for name, value in (
         ("injected_dose_bq", injected_dose_bq),
@@ -93,10 +94,9 @@ def suv_bw_factor(
     if delay_s is None or not math.isfinite(float(delay_s)):
         raise ValueError(f"suv_bw_factor: delay_s must be a finite number, got {delay_s!r}")
     dose = float(injected_dose_bq)
-    if not decay_corrected_to_injection and not 0.0 <= float(delay_s) <= 64.0 * float(half_life_s):
+    if not decay_corrected_to_injection and abs(float(delay_s)) > 64.0 * float(half_life_s):
         raise ValueError(
-            f"suv_bw_factor: delay_s {delay_s!r} is negative or longer than 64 half-lives "
-            "(injection time after the scan, or wrong date)"
+            f"suv_bw_factor: delay_s {delay_s!r} is longer than 64 half-lives (wrong date?)"
         )
     if not decay_corrected_to_injection:
         dose *= 2.0 ** (-float(delay_s) / float(half_life_s))
@@ -421,6 +421,11 @@ def suv_factor_from_dicom(ds: Any, *, series: Sequence[Any] | None = None) -> fl
         scan = scan_datetime(ds, series)
         start = injection_datetime(ds, scan=scan)
         delay = (scan - start).total_seconds()
+        if delay < 0:
+            raise SuvHeaderError(
+                f"injection at {start.isoformat()} is after the scan reference time "
+                f"{scan.isoformat()}: the delay of {delay:.0f} s is impossible"
+            )
         try:
             factor = suv_bw_factor(
                 injected_dose_bq=float(dose),
