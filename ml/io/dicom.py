@@ -222,9 +222,9 @@ def guess_kind(ds: Dataset, *, n_frames: int = 1) -> str:
     """Guess the AminoPET volume kind from the header.
 
     PET: ``pet_dynamic`` with more than one frame (or SeriesType DYNAMIC), else ``pet_static``.
-    MR: keywords in SeriesDescription / ProtocolName / SequenceName (FLAIR, TIRM, dark fluid ->
-    flair; T2 -> t2; T1/MPRAGE/SPGR/BRAVO/TFE with contrast words or ContrastBolusAgent -> t1c;
-    T1 -> t1); failing that, timing (inversion time > 1500 ms -> flair; TR > 2000 ms and
+    MR: keywords in SeriesDescription / ProtocolName / SequenceName (T1/MPRAGE/SPGR/BRAVO/TFE,
+    T1-FLAIR included, with contrast words or ContrastBolusAgent -> t1c, else t1; FLAIR, TIRM,
+    dark fluid -> flair; T2 -> t2); failing that, timing (inversion time > 1500 ms -> flair; TR > 2000 ms and
     TE > 60 ms -> t2). Anything else: ``unknown``.
     """
     modality = str(ds.get("Modality", "")).upper()
@@ -237,15 +237,17 @@ def guess_kind(ds: Dataset, *, n_frames: int = 1) -> str:
         str(ds.get(k, "")) for k in ("SeriesDescription", "ProtocolName", "SequenceName")
     ).lower()
     words = text.replace("_", " ").replace("-", " ").replace("+", " + ").split()
-    if any(w in text for w in ("flair", "tirm", "dark fluid", "darkfluid")):
+    t1_words = ("t1", "mprage", "spgr", "bravo", "tfe", "vibe", "fspgr", "mp2rage")
+    is_t1 = any(w.startswith(t1_words) for w in words) or any(w in text for w in ("mprage", "spgr", "bravo"))
+    # T1-FLAIR is T1-weighted (an inversion-prepared T1), not the T2 FLAIR AminoPET wants.
+    if any(w in text for w in ("flair", "tirm", "dark fluid", "darkfluid")) and not is_t1:
         return "flair"
     contrast = bool(str(ds.get("ContrastBolusAgent", "")).strip()) or any(
         w in words for w in ("+", "post", "gd", "gad", "contrast", "ce", "km", "postcontrast", "+c")
     ) or any(w in text for w in ("+gd", "+c", "post gd", "gado", "_ce", "postcontr"))
-    if "t2" in words or any(w.startswith("t2") for w in words):
+    if any(w.startswith("t2") for w in words) and not is_t1:
         return "t2"
-    t1_words = ("t1", "mprage", "spgr", "bravo", "tfe", "vibe", "fspgr", "mp2rage")
-    if any(w.startswith(t1_words) for w in words) or any(w in text for w in ("mprage", "spgr", "bravo")):
+    if is_t1:
         return "t1c" if contrast else "t1"
     ti = ds.get("InversionTime")
     tr = ds.get("RepetitionTime")

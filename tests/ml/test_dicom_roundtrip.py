@@ -214,6 +214,8 @@ def test_series_to_nifti(out: Path) -> None:
         ("T2 TSE axial", "t2"),
         ("t2_tirm_tra_dark-fluid", "flair"),
         ("DWI b1000", "unknown"),
+        ("AX T1 FLAIR", "t1"),
+        ("T2 FLAIR 3D", "flair"),
     ],
 )
 def test_kind_guess_from_series_description(out: Path, description: str, kind: str) -> None:
