@@ -178,7 +178,11 @@ def test_env_example_variables_are_all_used(env_example: dict[str, str]) -> None
     read_by_settings = settings_env_vars()
     unused = {k for k in env_example if k not in read_by_settings and k not in interpolated}
     assert not unused, f"{ENV_EXAMPLE} sets variables nothing reads: {sorted(unused)}"
-    undocumented = interpolated - set(env_example) - {"AMINOPET_IMAGE", "AMINOPET_GPU_IMAGE"}
+    example_text = ENV_EXAMPLE.read_text()  # optional variables are documented in comments
+    undocumented = {
+        name for name in interpolated - {"AMINOPET_IMAGE", "AMINOPET_GPU_IMAGE"}
+        if not re.search(rf"^#? ?{name}=", example_text, re.MULTILINE)
+    }
     assert not undocumented, f"compose.yaml uses variables missing from .env.example: {sorted(undocumented)}"
     assert env_example["DEBUG"] == "False"
 
