@@ -103,7 +103,8 @@ def or_power(
         power = float(stats.ncx2.sf(fcrit, 1, lam))
     else:
         fcrit = float(stats.f.ppf(1 - alpha, 1, ddf))
-        power = float(stats.ncf.sf(fcrit, 1, ddf, lam))
+        # scipy's ncf.sf is wrong at nc = 0 (returns sf - 1); the central F is exact there
+        power = float(stats.ncf.sf(fcrit, 1, ddf, lam)) if lam > 0 else float(stats.f.sf(fcrit, 1, ddf))
     return PowerResult(analysis, j, n_cases, float(effect), alpha, float(lam), float(ddf), fcrit, power)
 
 
