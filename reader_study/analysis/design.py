@@ -317,7 +317,10 @@ def _df_bdg(var: float, sb: np.ndarray, df_min: float) -> float:
     """dfBDG = var^2 / sum(BCK_b^2 / df^3), at least min(df) (Gaylor 1969); NaN if var < 0."""
     if not var >= 0:
         return float("nan")
-    df = var**2 / sb.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = var**2 / sb.sum()
+    if not np.isfinite(df):  # no sampling variability in any component (degenerate data)
+        return float(df_min)
     return float(max(df, df_min))
 
 
