@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 
 from reader_study.analysis import ORResult, or_analysis, read_ratings
-from reader_study.analysis.covariance import delong_covariance, jackknife_covariance, unbiased_covariance
+from reader_study.analysis.covariance import (
+    delong_covariance,
+    jackknife_covariance,
+    unbiased_covariance,
+)
 from reader_study.analysis.fom import auc_components
 
 from .published import FIXTURES, close

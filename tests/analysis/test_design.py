@@ -8,7 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from reader_study.analysis import ReaderStudyData, or_analysis, read_ratings, standalone_vs_readers, ustat_analysis
+from reader_study.analysis import (
+    ReaderStudyData,
+    or_analysis,
+    read_ratings,
+    standalone_vs_readers,
+    ustat_analysis,
+)
 
 from .published import FIXTURES, close, parse_imrmc
 

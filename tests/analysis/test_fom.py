@@ -21,7 +21,13 @@ from reader_study.analysis import (
 )
 from reader_study.analysis.anova import two_way_ms
 from reader_study.analysis.covariance import jackknife_covariance
-from reader_study.analysis.fom import average_roc, binary_components, jackknife_fom, placement_values, roc_points
+from reader_study.analysis.fom import (
+    average_roc,
+    binary_components,
+    jackknife_fom,
+    placement_values,
+    roc_points,
+)
 from reader_study.analysis.or_ import or_from_fom_covariance
 
 from .published import FIXTURES
