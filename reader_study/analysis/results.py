@@ -52,12 +52,15 @@ def t_interval(
     estimate: float, se: float, df: float, alpha: float = 0.05, null: float = 0.0
 ) -> tuple[float, float, float, float]:
     """Two-sided t test and CI: ``(t, p, low, high)``; df = inf gives the normal (z) version."""
-    dist = stats.norm if not math.isfinite(df) else stats.t(df)
     if not se > 0:
         return (float("nan"), float("nan"), float("nan"), float("nan"))
     stat = (estimate - null) / se
-    p = 2 * dist.sf(abs(stat))
-    q = dist.ppf(1 - alpha / 2)
+    if math.isfinite(df):  # not stats.t(df): freezing a scipy distribution is slow
+        p = 2 * stats.t.sf(abs(stat), df)
+        q = stats.t.ppf(1 - alpha / 2, df)
+    else:
+        p = 2 * stats.norm.sf(abs(stat))
+        q = stats.norm.ppf(1 - alpha / 2)
     return float(stat), float(p), float(estimate - q * se), float(estimate + q * se)
 
 
