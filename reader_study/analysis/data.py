@@ -72,11 +72,16 @@ class ReaderStudyData:
         object.__setattr__(self, "readers", tuple(str(m) for m in self.readers))
         object.__setattr__(self, "cases", tuple(str(m) for m in self.cases))
         read = ~np.isnan(ratings)
-        # every reader must read at least one positive and one negative case in every modality
+        # a reader who reads in a modality must read both diseased and non-diseased cases there
+        # (a reader absent from a modality altogether is a design choice, e.g. nested readers)
         pos = read[:, :, truth == 1].sum(axis=2)
         neg = read[:, :, truth == 0].sum(axis=2)
-        if (pos == 0).any() or (neg == 0).any():
-            ti, ri = np.argwhere((pos == 0) | (neg == 0))[0]
+        bad = ((pos == 0) | (neg == 0)) & ((pos + neg) > 0)
+        if not read.any(axis=(0, 2)).all():
+            ri = int(np.flatnonzero(~read.any(axis=(0, 2)))[0])
+            raise ValueError(f"{src}: reader {self.readers[ri]!r} has no readings")
+        if bad.any():
+            ti, ri = np.argwhere(bad)[0]
             raise ValueError(
                 f"{src}: reader {self.readers[ri]!r} in modality {self.modalities[ti]!r} has no "
                 "diseased or no non-diseased case; AUC undefined"

@@ -223,8 +223,8 @@ def or_from_fom_covariance(
     ms_r_t = tuple(one_way_reader_ms(theta[i]) for i in range(t))
     means = theta.mean(axis=1)
     comps = ORVarianceComponents(
-        var_r=(ms_r - ms_tr) / t - oc.cov1 + oc.cov3 if t > 1 else ms_r - oc.cov2,
-        var_tr=ms_tr - oc.var + oc.cov1 + oc.cov2 - oc.cov3 if t > 1 else float("nan"),
+        var_r=float((ms_r - ms_tr) / t - oc.cov1 + oc.cov3 if t > 1 else ms_r - oc.var + oc.cov2),
+        var_tr=float(ms_tr - oc.var + oc.cov1 + oc.cov2 - oc.cov3) if t > 1 else float("nan"),
         cov1=oc.cov1, cov2=oc.cov2, cov3=oc.cov3, var_error=oc.var,
         n_cases=n_negative + n_positive,
     )

@@ -199,7 +199,9 @@ class Generalization:
             "FRRC": "fixed readers, random cases",
             "RRFC": "random readers, fixed cases",
         }.get(self.name, "")]
-        if g.distribution == "chi2":
+        if g.df_num == 0:
+            lines.append("  global test: not applicable (one modality)")
+        elif g.distribution == "chi2":
             lines.append(f"  global test: X2({g.df_num:g}) = {g.statistic:.5f}, p = {g.p_value:.4f}"
                          f"  (error term {g.error_term:.8f})")
         else:
@@ -207,8 +209,9 @@ class Generalization:
                          f"p = {g.p_value:.4f}  (error term {g.error_term:.8f})")
         rows = [[f"{d.modality_a} - {d.modality_b}", d.estimate, d.se, d.df, d.statistic,
                  d.p_value, d.ci_low, d.ci_high] for d in self.differences]
-        lines.append(format_table(["comparison", "estimate", "std err", "df", "t/z", "p",
-                                   f"[{conf}% low", "high]"], rows))
+        if rows:
+            lines.append(format_table(["comparison", "estimate", "std err", "df", "t/z", "p",
+                                       f"[{conf}% low", "high]"], rows))
         rows = [[c.modality, c.estimate, c.se, c.df, c.ci_low, c.ci_high] for c in self.modality_cis]
         lines.append(format_table(["modality", fom, "std err", "df", f"[{conf}% low", "high]"], rows))
         if self.reader_differences:

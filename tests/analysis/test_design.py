@@ -181,3 +181,20 @@ def test_standalone_rejects_bad_ai_vector() -> None:
     data = read_ratings(FIXTURES / "vandyke_long.csv")
     with pytest.raises(ValueError, match="expected \\(114,\\)"):
         standalone_vs_readers(data, np.zeros(10))
+
+
+def test_readers_nested_in_modalities() -> None:
+    """Readers 0-2 read only modality 0, readers 3-4 only modality 1 (no same-reader pairs across)."""
+    data = read_ratings(FIXTURES / "vandyke_long.csv")
+    ratings = data.ratings.copy()
+    ratings[1, :3] = np.nan
+    ratings[0, 3:] = np.nan
+    nested = ReaderStudyData(ratings=ratings, truth=data.truth, modalities=data.modalities,
+                             readers=data.readers, cases=data.cases)
+    res = ustat_analysis(nested)
+    for t in range(2):
+        auc, var = _loop_variance(nested, t)
+        assert res.modality[t].auc == pytest.approx(auc, rel=1e-12)
+        assert res.modality[t].var == pytest.approx(var, rel=1e-10)
+    assert np.isnan(res.reader_auc[1, 0]) and np.isfinite(res.reader_auc[0, 0])
+    assert res.differences[0].var > 0

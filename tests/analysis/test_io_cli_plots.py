@@ -151,3 +151,14 @@ def test_plots_return_figures() -> None:
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels == ["0", "1", "2", "3", "4", "mean (RRRC)"]
     fig.savefig(StringIO(), format="svg")
+
+
+def test_single_modality_study_gives_single_modality_intervals() -> None:
+    data = read_ratings(FIXTURES / "vandyke_long.csv").select(modalities=["1"])
+    o, d = or_analysis(data), dbm_analysis(data)
+    assert o.rrrc.differences == () and "not applicable" in o.summary()
+    # same interval as the single-treatment part (c) of the two-modality Iowa output
+    assert o.rrrc.modality_cis[0].se == pytest.approx(0.02156637, abs=5e-9)
+    assert o.rrrc.modality_cis[0].df == pytest.approx(12.71, abs=5e-3)
+    assert d.rrrc.modality_cis[0].se == pytest.approx(o.rrrc.modality_cis[0].se, rel=1e-9)
+    json.dumps(o.to_dict())
