@@ -102,3 +102,26 @@ def test_franken_truncation_gives_conventional_ddf() -> None:
     # Iowa does not truncate inside Var(TR): RJafroc's max() would give MS(TR) - Var + Cov1
     c = res.components
     assert c.var_tr == pytest.approx(res.ms_tr - c.var_error + c.cov1 + c.cov2 - c.cov3, rel=1e-12)
+
+
+def test_documented_mrmcaov_frrc_difference_for_franken() -> None:
+    """MRMCaov drops the max() in the FRRC denominator; from our components its formula gives
+    MRMCaov's numbers, while the library (like Iowa) keeps the truncation."""
+    import json
+
+    from scipy import stats
+
+    from .published import close
+
+    ref = json.loads((FIXTURES / "reference_values.json").read_text())["Franken"]
+    res = result("franken")
+    c, t, r = res.components, len(res.modalities), len(res.readers)
+    den = c.var_error - c.cov1 + (r - 1) * (c.cov2 - c.cov3)  # no max()
+    x2 = (t - 1) * res.ms_t / den
+    mrmcaov = ref["FRRC_MRMCaov_HEAD_no_max_computed_by_helper"]
+    assert close(x2, repr(mrmcaov["X2"]))
+    assert close(stats.chi2.sf(x2, t - 1), repr(mrmcaov["p"]))
+    assert close((2 / r * den) ** 0.5, repr(mrmcaov["SE"]))
+    iowa = ref["FRRC_OR_Iowa"]
+    assert close(res.frrc.global_test.statistic, repr(iowa["X2"]))
+    assert close(res.frrc.differences[0].se, repr(iowa["SE"]))
