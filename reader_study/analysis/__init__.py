@@ -17,7 +17,8 @@ Modules by subdomain: :mod:`.data` (container), :mod:`.io` (files), :mod:`.fom` 
 binary FOMs, structural components, ROC points), :mod:`.performance` (per-reader table),
 :mod:`.covariance` (jackknife, DeLong, unbiased), :mod:`.or_` and :mod:`.dbm` (the MRMC
 analyses), :mod:`.design` (split-plot U-statistics, AI standalone), :mod:`.power`,
-:mod:`.agreement`, :mod:`.timing`, :mod:`.plots`, :mod:`.results` (shared result types).
+:mod:`.agreement`, :mod:`.timing`, :mod:`.plots`, :mod:`.results` (shared result types),
+:mod:`.report` (``study_report``: every analysis of an aided/unaided study in one object).
 """
 
 from .agreement import (
@@ -43,6 +44,7 @@ from .io import FORMATS, read_ratings, write_imrmc, write_long_csv, write_lrc
 from .or_ import ORResult, ORVarianceComponents, or_analysis
 from .performance import PerformanceResult, reader_performance
 from .power import PowerResult, or_power, sample_size_cases
+from .report import StudyReport, study_report
 from .results import Difference, Generalization, GlobalTest, ModalityCI
 from .timing import ReadingTimeResult, reading_time_model
 
@@ -64,6 +66,7 @@ __all__ = [
     "ReaderStudyData",
     "ReadingTimeResult",
     "StandaloneResult",
+    "StudyReport",
     "UStatResult",
     "agreement",
     "auc_components",
@@ -86,6 +89,7 @@ __all__ = [
     "roc_points",
     "sample_size_cases",
     "standalone_vs_readers",
+    "study_report",
     "unbiased_covariance",
     "ustat_analysis",
     "write_imrmc",

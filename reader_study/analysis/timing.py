@@ -129,7 +129,7 @@ def reading_time_model(
     df["all"] = 1
     model = smf.mixedlm(
         "log_time ~ C(arm)", df, groups="all", re_formula="0",
-        vc_formula={"reader": "0 + C(reader)", "case": "0 + C(case)"},
+        vc_formula={"reader": "0 + C(reader)", "case": "0 + C(case)"}, use_sparse=True,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -162,3 +162,37 @@ def test_single_modality_study_gives_single_modality_intervals() -> None:
     assert o.rrrc.modality_cis[0].df == pytest.approx(12.71, abs=5e-3)
     assert d.rrrc.modality_cis[0].se == pytest.approx(o.rrrc.modality_cis[0].se, rel=1e-9)
     json.dumps(o.to_dict())
+
+
+def test_study_report_bundles_every_analysis() -> None:
+    import pandas as pd
+
+    from reader_study.analysis import study_report
+
+    data = read_ratings(FIXTURES / "vandyke_long.csv")
+    ai = data.ratings[1].mean(axis=0)
+    rng = np.random.default_rng(0)
+    reader_effect = dict(zip(data.readers, rng.normal(0, 0.3, 5)))
+    case_effect = dict(zip(data.cases, rng.normal(0, 0.4, 114)))
+    times = pd.DataFrame([(r, c, m, float(np.exp(4 - 0.2 * (m == "1") + reader_effect[r] + case_effect[c]
+                                                 + rng.normal(0, 0.2))))
+                          for r in data.readers for c in data.cases[:30] for m in data.modalities],
+                         columns=["reader", "case", "arm", "time"])
+    rep = study_report(data, unaided="0", aided="1", threshold=3, ai_ratings=ai, times=times)
+    assert rep.or_auc.rrrc.global_test.p_value == pytest.approx(0.05166569, rel=1e-6)  # MRMCaov
+    assert rep.or_sensitivity.fom == "sensitivity" and rep.standalone is not None
+    assert rep.decision_changes.overall.n_cases == 5 * 114
+    assert rep.reading_time.effects[0].ratio < 1
+    assert rep.notes == ()
+    payload = json.loads(json.dumps(rep.to_dict()))
+    assert set(payload) >= {"performance", "or_auc", "dbm_auc", "ustat_auc", "agreement", "reading_time"}
+    assert "Decision changes" in rep.summary()
+    # split-plot: the report falls back to the U-statistic analysis and says why
+    ratings = data.ratings.copy()
+    ratings[:, 0, :10] = np.nan
+    from reader_study.analysis import ReaderStudyData
+
+    sp = ReaderStudyData(ratings=ratings, truth=data.truth, modalities=data.modalities,
+                         readers=data.readers, cases=data.cases)
+    rep = study_report(sp, threshold=3)
+    assert rep.or_auc is None and rep.ustat_auc is not None and "incomplete design" in rep.notes[0]
