@@ -32,6 +32,8 @@ __all__ = [
     "case_covariance",
     "delong_covariance",
     "jackknife_covariance",
+    "kernel_gram",
+    "kernel_matrices",
     "or_covariances",
     "unbiased_covariance",
     "unbiased_moments",
@@ -67,17 +69,28 @@ def delong_covariance(sc: StructuralComponents) -> np.ndarray:
     return np.atleast_2d(s10) / k1 + np.atleast_2d(s01) / k0
 
 
-def _kernel_products(neg: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """sum_ij psi_a(i,j) psi_b(i,j) for every pair (a, b) of reader-modalities, (A, A)."""
-    a = neg.shape[0]
-    out = np.empty((a, a))
-    kern = np.empty((a, neg.shape[1], pos.shape[1]))
-    for i in range(a):
-        d = pos[i][None, :] - neg[i][:, None]
-        kern[i] = (d > 0) + 0.5 * (d == 0)
-    flat = kern.reshape(a, -1)
-    out[:] = flat @ flat.T
-    return out
+def kernel_matrices(neg: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Twice the Wilcoxon kernel, ``2 psi(y_j, x_i)`` in {0, 1, 2}, as int8 (A, K0, K1).
+
+    NaN ratings (unread cases) compare False both ways, so their kernel is 0. int8 keeps the
+    memory at K0 K1 bytes per reader-modality (0.25 MB for 500 x 500).
+    """
+    d = pos[:, None, :] - neg[:, :, None]
+    return (2 * (d > 0) + (d == 0)).astype(np.int8)
+
+
+def kernel_gram(kern2: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """``sum_ij psi_a(i,j) psi_b(i,j)`` for all pairs (A, A) from :func:`kernel_matrices`.
+
+    Accumulated over column chunks in float64 (exact: integer sums far below 2^53).
+    """
+    a = kern2.shape[0]
+    flat = kern2.reshape(a, -1)
+    out = np.zeros((a, a))
+    for start in range(0, flat.shape[1], chunk):
+        block = flat[:, start:start + chunk].astype(float)
+        out += block @ block.T
+    return out / 4.0
 
 
 def unbiased_moments(data: ReaderStudyData) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -101,7 +114,7 @@ def unbiased_moments(data: ReaderStudyData) -> tuple[np.ndarray, np.ndarray, np.
     k0, k1 = neg.shape[1], pos.shape[1]
 
     auc, v10, v01 = placement_values(neg, pos)
-    s1 = _kernel_products(neg, pos)
+    s1 = kernel_gram(kernel_matrices(neg, pos))
     s_same_i = (k1 * v01) @ (k1 * v01).T  # sum_i rowsum_a(i) rowsum_b(i): includes j = j'
     s_same_j = (k0 * v10) @ (k0 * v10).T
     s_all = np.outer(k0 * k1 * auc, k0 * k1 * auc)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from .covariance import case_covariance
+from .covariance import case_covariance, kernel_gram, kernel_matrices
 from .data import ReaderStudyData
 from .fom import StructuralComponents, fom_components
 from .results import ModalityCI, format_table, jsonable
@@ -181,28 +181,19 @@ class UStatResult:
 
 
 def _kernels(data: ReaderStudyData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Success matrices S (A, K0, K1) (0 where unread) and design vectors dn (A, K0), dp (A, K1)."""
+    """2 x success matrices (A, K0, K1) int8 (0 where unread), design vectors dn (A, K0), dp (A, K1)."""
     t, r = data.n_modalities, data.n_readers
     neg = data.negatives().reshape(t * r, -1)
     pos = data.positives().reshape(t * r, -1)
-    dn = ~np.isnan(neg)
-    dp = ~np.isnan(pos)
-    s = np.empty((t * r, neg.shape[1], pos.shape[1]))
-    for a in range(t * r):
-        d = pos[a][None, :] - neg[a][:, None]
-        s[a] = (d > 0) + 0.5 * (d == 0)
-        s[a][~(dn[a][:, None] & dp[a][None, :])] = 0.0
-    return s, dn.astype(float), dp.astype(float)
+    return kernel_matrices(neg, pos), (~np.isnan(neg)).astype(float), (~np.isnan(pos)).astype(float)
 
 
-def _pair_sums(s: np.ndarray, dn: np.ndarray, dp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _pair_sums(s2: np.ndarray, dn: np.ndarray, dp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Biased moment numerators and denominators for all pairs: (4, A, A) each, plus totals."""
-    a = s.shape[0]
-    flat = s.reshape(a, -1)
-    col = s.sum(axis=1)  # per diseased case j: sum over non-diseased i
-    row = s.sum(axis=2)  # per non-diseased case i
-    tot = flat.sum(axis=1)
-    numer = np.stack([flat @ flat.T, col @ col.T, row @ row.T, np.outer(tot, tot)])
+    col = s2.sum(axis=1, dtype=float) / 2  # per diseased case j: sum over non-diseased i
+    row = s2.sum(axis=2, dtype=float) / 2  # per non-diseased case i
+    tot = row.sum(axis=1)
+    numer = np.stack([kernel_gram(s2), col @ col.T, row @ row.T, np.outer(tot, tot)])
     nn, npos = dn.sum(axis=1), dp.sum(axis=1)
     dd_n, dd_p = dn @ dn.T, dp @ dp.T
     denom = np.stack([dd_n * dd_p, np.outer(nn, nn) * dd_p, np.outer(npos, npos) * dd_n,
