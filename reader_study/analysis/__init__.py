@@ -39,10 +39,19 @@ from .covariance import (
 from .data import ReaderStudyData
 from .dbm import DBMResult, dbm_analysis, pseudovalues
 from .design import StandaloneResult, UStatResult, standalone_vs_readers, ustat_analysis
-from .fom import FOMS, auc_components, empirical_auc, fom_components, jackknife_fom, roc_points
+from .fom import (
+    FOMS,
+    auc_components,
+    empirical_auc,
+    fom_components,
+    jackknife_fom,
+    roc_curves,
+    roc_points,
+)
 from .io import FORMATS, read_ratings, write_imrmc, write_long_csv, write_lrc
 from .or_ import ORResult, ORVarianceComponents, or_analysis
 from .performance import PerformanceResult, reader_performance
+from .plots import plot_forest, plot_roc
 from .power import PowerResult, or_power, sample_size_cases
 from .report import StudyReport, study_report
 from .results import Difference, Generalization, GlobalTest, ModalityCI
@@ -82,10 +91,13 @@ __all__ = [
     "jackknife_fom",
     "or_analysis",
     "or_power",
+    "plot_forest",
+    "plot_roc",
     "pseudovalues",
     "read_ratings",
     "reader_performance",
     "reading_time_model",
+    "roc_curves",
     "roc_points",
     "sample_size_cases",
     "standalone_vs_readers",

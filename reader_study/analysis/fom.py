@@ -35,6 +35,7 @@ __all__ = [
     "placement_values",
     "roc_points",
     "average_roc",
+    "roc_curves",
     "wilson_interval",
     "decisions",
 ]
@@ -222,3 +223,38 @@ def average_roc(
     grid = np.linspace(0.0, 1.0, 201) if grid is None else np.asarray(grid, dtype=float)
     tprs = [np.interp(grid, f, t) for f, t in curves]
     return grid, np.mean(tprs, axis=0)
+
+
+def roc_curves(
+    data: ReaderStudyData, *, ai_ratings: np.ndarray | None = None, grid_points: int = 101
+) -> dict[str, dict]:
+    """JSON-ready ROC curves: per reader and reader-averaged per arm, plus the AI if given.
+
+    Returns:
+        ``{modality: {"readers": {reader: {"fpf": [...], "tpf": [...], "auc": a}},
+        "average": {"fpf": [...], "tpf": [...], "mean_auc": m}}, "AI": {"fpf", "tpf", "auc"}}``;
+        each reader's curve uses the cases that reader read.
+    """
+    grid = np.linspace(0.0, 1.0, grid_points)
+    out: dict[str, dict] = {}
+    for ti, m in enumerate(data.modalities):
+        readers, curves, aucs = {}, [], []
+        for j, r in enumerate(data.readers):
+            neg, pos = data.negatives()[ti, j], data.positives()[ti, j]
+            neg, pos = neg[~np.isnan(neg)], pos[~np.isnan(pos)]
+            if neg.size == 0:
+                continue  # reader absent from this modality
+            f, t = roc_points(neg, pos)
+            auc = empirical_auc(neg, pos)
+            readers[r] = {"fpf": f.tolist(), "tpf": t.tolist(), "auc": auc}
+            curves.append((f, t))
+            aucs.append(auc)
+        g, tpr = average_roc(curves, grid)
+        out[m] = {"readers": readers,
+                  "average": {"fpf": g.tolist(), "tpf": tpr.tolist(), "mean_auc": float(np.mean(aucs))}}
+    if ai_ratings is not None:
+        ai = np.asarray(ai_ratings, dtype=float)
+        f, t = roc_points(ai[data.truth == 0], ai[data.truth == 1])
+        out["AI"] = {"fpf": f.tolist(), "tpf": t.tolist(),
+                     "auc": empirical_auc(ai[data.truth == 0], ai[data.truth == 1])}
+    return out

@@ -5,18 +5,19 @@
 * :func:`plot_forest`: per-reader FOM differences between two arms with their CIs (FRRC
   single-reader intervals of the OR analysis) and the reader-averaged RRRC difference.
 
-Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot state), so they render
-with the Agg canvas in any thread or worker: ``fig.savefig("roc.png")``.
+Figures are built with ``matplotlib.figure.Figure`` on an Agg canvas directly (no pyplot state,
+no GUI backend), so they render in any thread or worker: ``fig.savefig("roc.png")``.
 """
 
 from __future__ import annotations
 
 import matplotlib
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .data import ReaderStudyData
-from .fom import average_roc, empirical_auc, roc_points
+from .fom import roc_curves
 from .or_ import ORResult
 
 __all__ = ["plot_forest", "plot_roc"]
@@ -27,6 +28,7 @@ def plot_roc(
     *,
     modalities: list[str] | None = None,
     readers: bool = True,
+    ai_ratings: np.ndarray | None = None,
     title: str = "ROC curves",
 ) -> Figure:
     """Empirical ROC curves per reader and the reader-averaged curve per arm.
@@ -35,26 +37,25 @@ def plot_roc(
         data: ratings (any design: each reader's curve uses the cases they read).
         modalities: arms to draw (default all), overlaid on one axes.
         readers: draw the individual reader curves as thin lines.
+        ai_ratings: AI output per case (``data.cases`` order), drawn as a dashed curve.
         title: axes title.
     """
     fig = Figure(figsize=(5.5, 5.5))
+    FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     mods = modalities or list(data.modalities)
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    curves = roc_curves(data, ai_ratings=ai_ratings)
     for n, m in enumerate(mods):
-        ti = data.modalities.index(m)
         color = colors[n % len(colors)]
-        curves, aucs = [], []
-        for j in range(data.n_readers):
-            neg = data.negatives()[ti, j]
-            pos = data.positives()[ti, j]
-            f, t = roc_points(neg, pos)
-            curves.append((f, t))
-            aucs.append(empirical_auc(neg[~np.isnan(neg)], pos[~np.isnan(pos)]))
-            if readers:
-                ax.plot(f, t, color=color, alpha=0.35, lw=0.8)
-        g, tpr = average_roc(curves)
-        ax.plot(g, tpr, color=color, lw=2.2, label=f"{m} (mean AUC {sum(aucs) / len(aucs):.3f})")
+        if readers:
+            for rc in curves[m]["readers"].values():
+                ax.plot(rc["fpf"], rc["tpf"], color=color, alpha=0.35, lw=0.8)
+        avg = curves[m]["average"]
+        ax.plot(avg["fpf"], avg["tpf"], color=color, lw=2.2, label=f"{m} (mean AUC {avg['mean_auc']:.3f})")
+    if ai_ratings is not None:
+        ai = curves["AI"]
+        ax.plot(ai["fpf"], ai["tpf"], color="black", lw=1.5, ls="--", label=f"AI (AUC {ai['auc']:.3f})")
     ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=0.8)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="False positive fraction (1 - specificity)",
            ylabel="True positive fraction (sensitivity)", title=title, aspect="equal")
@@ -91,6 +92,7 @@ def plot_forest(result: ORResult, *, a: str | None = None, b: str | None = None,
         overall = (-d.estimate, -d.ci_high, -d.ci_low)
     n = len(rows)
     fig = Figure(figsize=(6.0, 1.2 + 0.35 * (n + 2)))
+    FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     for i, (_, est, lo, hi) in enumerate(rows):
         y = n + 1 - i

@@ -147,6 +147,9 @@ def test_plots_return_figures() -> None:
     ax = fig.axes[0]
     assert len(ax.lines) == 2 * 5 + 2 + 1  # reader curves, two averages, chance line
     assert [t.get_text() for t in ax.get_legend().get_texts()][0].startswith("0 (mean AUC 0.897")
+    assert type(fig.canvas).__name__ == "FigureCanvasAgg"
+    ai = data.ratings[1].mean(axis=0)
+    assert len(plot_roc(data, ai_ratings=ai, readers=False).axes[0].lines) == 2 + 1 + 1
     fig = plot_forest(or_analysis(data), a="0", b="1")
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels == ["0", "1", "2", "3", "4", "mean (RRRC)"]
@@ -196,3 +199,14 @@ def test_study_report_bundles_every_analysis() -> None:
                          readers=data.readers, cases=data.cases)
     rep = study_report(sp, threshold=3)
     assert rep.or_auc is None and rep.ustat_auc is not None and "incomplete design" in rep.notes[0]
+
+
+def test_roc_curves_json() -> None:
+    from reader_study.analysis.fom import roc_curves
+
+    data = read_ratings(FIXTURES / "vandyke_long.csv")
+    curves = json.loads(json.dumps(roc_curves(data, ai_ratings=data.ratings[0].mean(axis=0))))
+    assert set(curves) == {"0", "1", "AI"}
+    assert curves["0"]["readers"]["0"]["auc"] == pytest.approx(0.91964573, abs=5e-9)
+    assert curves["1"]["average"]["mean_auc"] == pytest.approx(0.94083736, abs=5e-9)
+    assert curves["0"]["average"]["fpf"][0] == 0.0 and curves["0"]["average"]["tpf"][-1] == 1.0
