@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "apps.cohorts",
     "apps.jobs",
     "reader_study",
+    "apps.demo",
 ]
 
 MIDDLEWARE = [
@@ -95,6 +96,8 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # WAL lets the worker and the web server write without "database is locked".
     DATABASES["default"].setdefault("OPTIONS", {})
     DATABASES["default"]["OPTIONS"].update({"timeout": 30, "init_command": "PRAGMA journal_mode=WAL;"})
+    # A file, not memory, so a real Celery worker process can share the test database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test_aminopet.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -114,6 +117,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(VAR_DIR / "static")))
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 # The viewer bundle built by `npm run build` in frontend/ (NiiVue from the npm registry).
 STATICFILES_DIRS = [BASE_DIR / "static", BASE_DIR / "frontend" / "dist"]
 STORAGES = {
@@ -145,6 +149,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_out": str(_broker_dir / "out"),
         "data_folder_processed": str(_broker_dir / "processed"),
     }
+if CELERY_BROKER_URL.startswith("redis"):
+    # acks_late: an unacknowledged task is redelivered after this; longer than the longest training.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=12 * 3600)}
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="django-db")
 CELERY_RESULT_EXTENDED = True
 CELERY_TASK_ACKS_LATE = True
@@ -174,6 +181,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "ENUM_NAME_OVERRIDES": {
+        "MutationStatusEnum": "apps.cohorts.models.Idh",
+        "MethylationStatusEnum": "apps.cohorts.models.Mgmt",
+    },
 }
 
 # --- Security when DEBUG is off (manage.py check --deploy) ------------------------------------

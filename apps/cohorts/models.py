@@ -28,9 +28,7 @@ class Mgmt(models.TextChoices):
     UNMETHYLATED = "unmethylated"
 
 
-class Tertp(models.TextChoices):
-    MUTANT = "mutant"
-    WILDTYPE = "wildtype"
+Tertp = Idh  # same values: mutant / wildtype
 
 
 class WhoType(models.TextChoices):

@@ -57,11 +57,11 @@ def dicom_import(
         raise ImageFormatError(path, "no DICOM series found")
     planned: dict[str, tuple[bytes, object]] = {}
     for s in series_list:
-        kind = (kinds or {}).get(s.metadata.get("SeriesDescription", ""), s.kind)
+        kind = (kinds or {}).get(s.metadata.get("series_description", ""), s.kind)
         if kind not in KINDS:
             raise ImageFormatError(
                 s.source_files[0] if s.source_files else path,
-                f"cannot tell which kind of volume series {s.metadata.get('SeriesDescription', '?')!r} "
+                f"cannot tell which kind of volume series {s.metadata.get('series_description', '?')!r} "
                 f"({s.modality}) is; give a mapping (--kind 'DESCRIPTION=t1c')",
             )
         if kind in planned:
@@ -101,7 +101,7 @@ def dicom_import(
                 zooms = [float(abs(x)) for x in (s.affine[:3, :3] ** 2).sum(axis=0) ** 0.5]
                 Volume.objects.create(
                     exam=exam_obj, kind=kind, space="native", file=name, sha256=sha,
-                    source_name=s.metadata.get("SeriesDescription", "")[:255], shape=list(s.array.shape),
+                    source_name=s.metadata.get("series_description", "")[:255], shape=list(s.array.shape),
                     voxel_size=zooms, affine=s.affine.tolist(), stored_dtype="float32",
                     units="SUV" if kind.startswith("pet") else "", suv_factor=1.0 if kind.startswith("pet") else None,
                     frame_start_s=list(s.frame_start_s) if kind == "pet_dynamic" else None,

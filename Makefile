@@ -1,0 +1,57 @@
+# AminoPET: `make demo` sets everything up on a fresh machine and serves a demo; `make test` runs the tests.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PYTHON := $(BIN)/python
+export PYTHONUNBUFFERED := 1
+DEMO_DIR ?= var/demo
+DEMO_PATIENTS ?= 24
+DEMO_SITES ?= 3
+PORT ?= 8000
+
+.PHONY: demo test install frontend migrate lint demo-data serve worker clean-demo
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "Python 3.11 is needed ($(PY) not found)"; exit 1; }
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, from this machine's CPU build, so no dependency pulls a CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+frontend/dist/aminopet/viewer.js: frontend/package.json $(wildcard frontend/src/*)
+	cd frontend && (npm ci --no-audit --no-fund || npm install --no-audit --no-fund) && npm run build
+
+frontend: frontend/dist/aminopet/viewer.js
+
+migrate: install
+	$(PYTHON) manage.py migrate --noinput
+
+lint: install
+	$(BIN)/ruff check .
+
+demo-data: migrate
+	$(PYTHON) manage.py demo_setup --out $(DEMO_DIR) --patients $(DEMO_PATIENTS) --sites $(DEMO_SITES)
+
+demo: install frontend migrate demo-data
+	$(PYTHON) manage.py collectstatic --noinput -v0
+	@echo "Starting a Celery worker and the web server on http://127.0.0.1:$(PORT)/ (Ctrl-C stops both)"
+	$(BIN)/celery -A config worker -l warning --concurrency 1 --pool solo & \
+	  WORKER=$$!; trap "kill $$WORKER" EXIT INT TERM; \
+	  DEBUG=$${DEBUG:-1} $(PYTHON) manage.py runserver 127.0.0.1:$(PORT)
+
+worker: install
+	$(BIN)/celery -A config worker -l info
+
+test: install frontend
+	$(BIN)/ruff check .
+	$(PYTHON) manage.py check
+	$(PYTHON) manage.py makemigrations --check --dry-run
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+clean-demo:
+	rm -rf var/demo var/aminopet.sqlite3 var/media var/broker

@@ -1,0 +1,35 @@
+"""Shared fixtures: a media root per test, users for every role, and a small generated cohort."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _media_root(settings, tmp_path):
+    """Each test gets its own image store; the test client speaks plain HTTP."""
+    settings.SECURE_SSL_REDIRECT = False
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed only
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.MEDIA_ROOT.mkdir()
+    return settings.MEDIA_ROOT
+
+
+@pytest.fixture(scope="session")
+def generated_bids(tmp_path_factory) -> Path:
+    """A small synthetic multi-site BIDS-PET cohort from the generator (read-only: copy to modify)."""
+    from ml.phantoms import generate_cohort
+
+    out = tmp_path_factory.mktemp("cohort") / "bids"
+    generate_cohort(out, n_patients=4, n_sites=2, seed=11)
+    return out
+
+
+@pytest.fixture
+def bids_copy(generated_bids, tmp_path) -> Path:
+    """A private, modifiable copy of the generated cohort."""
+    dest = tmp_path / "bids"
+    shutil.copytree(generated_bids, dest)
+    return dest

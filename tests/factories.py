@@ -1,0 +1,132 @@
+"""factory_boy factories for the Django models; volume and mask files are real small NIfTI files."""
+from __future__ import annotations
+
+import factory
+import numpy as np
+from django.contrib.auth import get_user_model
+
+from apps.accounts.models import Membership, Site
+from apps.cohorts.models import Cohort, Exam, Mask, Patient, Volume
+from apps.cohorts.services.store import StoreTransaction
+from apps.jobs.models import Job
+from ml.io.nifti import nifti_bytes
+
+
+class SiteFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Site
+        django_get_or_create = ("name",)
+
+    name = factory.Sequence(lambda n: f"site{n}")
+    display_name = factory.LazyAttribute(lambda o: o.name.title())
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = get_user_model()
+        django_get_or_create = ("username",)
+
+    username = factory.Sequence(lambda n: f"user{n}")
+    password = factory.PostGenerationMethodCall("set_password", "pw-aminopet-1")
+
+
+def user_with(role: str | None, site: Site | None = None, **kwargs):
+    user = UserFactory(**kwargs)
+    if role == "admin":
+        user.is_superuser = user.is_staff = True
+        user.save()
+    elif role:
+        Membership.objects.create(user=user, site=site, role=role)
+    return user
+
+
+class PatientFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Patient
+
+    site = factory.SubFactory(SiteFactory)
+    code = factory.Sequence(lambda n: f"P{n:03d}")
+    idh = "wildtype"
+    who_type = "glioblastoma"
+    who_grade = 4
+
+
+class ExamFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Exam
+
+    patient = factory.SubFactory(PatientFactory)
+    code = factory.Sequence(lambda n: f"ses{n}")
+    timepoint = "suspected_recurrence"
+    day = 200
+    diagnosis = "progression"
+    diagnosis_basis = "histology"
+
+
+def _stored_nifti(array: np.ndarray, dtype=np.float32) -> tuple[str, str]:
+    return StoreTransaction().put_bytes(nifti_bytes(array, np.diag([2.0, 2.0, 2.0, 1.0]), dtype=dtype),
+                                        category="volumes", suffix=".nii.gz")
+
+
+class VolumeFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Volume
+
+    exam = factory.SubFactory(ExamFactory)
+    kind = "pet_static"
+    space = "native"
+    units = "SUV"
+    shape = [8, 8, 8]
+    voxel_size = [2.0, 2.0, 2.0]
+    affine = factory.LazyFunction(lambda: np.diag([2.0, 2.0, 2.0, 1.0]).tolist())
+
+    @factory.lazy_attribute
+    def file(self):
+        return _stored_nifti(np.random.default_rng(0).random((8, 8, 8)).astype(np.float32))[0]
+
+    @factory.lazy_attribute
+    def thumbnail(self):
+        return self.file  # any stored file serves for permission checks
+
+    sha256 = factory.LazyAttribute(lambda o: o.file.rsplit("/", 1)[-1].split(".")[0])
+
+
+class MaskFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Mask
+
+    grid = factory.SubFactory(VolumeFactory)
+    exam = factory.SelfAttribute("grid.exam")
+    kind = "tumor"
+    n_voxels = 8
+    volume_ml = 0.064
+
+    @factory.lazy_attribute
+    def file(self):
+        m = np.zeros((8, 8, 8), np.uint8)
+        m[2:4, 2:4, 2:4] = 1
+        return _stored_nifti(m, np.uint8)[0]
+
+    sha256 = factory.LazyAttribute(lambda o: o.file.rsplit("/", 1)[-1].split(".")[0])
+
+
+class CohortFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Cohort
+
+    name = factory.Sequence(lambda n: f"cohort-{n}")
+    purpose = "training"
+
+    @factory.post_generation
+    def exams(self, create, extracted, **kwargs):
+        if create and extracted:
+            self.exams.add(*extracted)
+
+
+class JobFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Job
+
+    kind = "prepare_exam"
+    status = "failed"
+    message = "boom"
