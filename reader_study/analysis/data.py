@@ -136,10 +136,15 @@ class ReaderStudyData:
         if not self.is_fully_crossed:
             t, r, k = np.argwhere(~self.design)[0]
             n = int((~self.design).sum())
+            counts = self.design.sum(axis=2)
+            cells = [f"{self.readers[ri]}/{self.modalities[ti]}: {counts[ti, ri]}"
+                     for ti, ri in np.argwhere(counts < self.n_cases)]
+            listing = ", ".join(cells[:6]) + (f" ... ({len(cells)} reader/modality cells)" if len(cells) > 6 else "")
             raise ValueError(
                 f"{self.source}: {what} needs a fully crossed design, but {n} readings are missing "
                 f"(e.g. reader {self.readers[r]!r}, case {self.cases[k]!r}, modality "
-                f"{self.modalities[t]!r}); use ustat_analysis() for split-plot designs"
+                f"{self.modalities[t]!r}; cases read of {self.n_cases}: {listing}); "
+                "use ustat_analysis() for split-plot designs"
             )
 
     # ------------------------------------------------------------- selection
