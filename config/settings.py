@@ -131,6 +131,7 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = True
 
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(VAR_DIR / "media")))
+MEDIA_ROOT.mkdir(parents=True, exist_ok=True)
 MEDIA_URL = "media/"
 # Uploads above this go to a temporary file, never into memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024

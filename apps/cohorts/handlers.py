@@ -20,6 +20,11 @@ def _user(job: Job):
     return job.created_by if job.created_by_id else None
 
 
+def _workdir() -> Path:
+    Path(settings.MEDIA_ROOT).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="import-", dir=settings.MEDIA_ROOT))
+
+
 def _source(job: Job, workdir: Path) -> Path:
     """The dataset folder: the given path, or the uploaded zip extracted safely."""
     path = Path(job.params["path"])
@@ -35,7 +40,7 @@ def queue_prepare(exam_ids: list[int], *, user=None) -> None:
 
 @job_handler("import_bids")
 def handle_import_bids(job: Job, progress: Progress) -> dict:
-    workdir = Path(tempfile.mkdtemp(prefix="bids-", dir=settings.MEDIA_ROOT))
+    workdir = _workdir()
     try:
         report = bids_import(
             path=_source(job, workdir), site_name=job.params.get("site"),
@@ -52,7 +57,7 @@ def handle_import_bids(job: Job, progress: Progress) -> dict:
 def handle_import_dicom(job: Job, progress: Progress) -> dict:
     from apps.cohorts.services.dicom import dicom_import
 
-    workdir = Path(tempfile.mkdtemp(prefix="dicom-", dir=settings.MEDIA_ROOT))
+    workdir = _workdir()
     try:
         params = dict(job.params)
         params.pop("path")

@@ -108,8 +108,12 @@ def job_run(*, job_pk: int, echo: Callable[[int, str], None] | None = None) -> J
     try:
         result = handler(job, progress)
     except Exception as exc:  # the job records every failure; the message is for the user
-        message = str(exc) if isinstance(exc, JobError | ValueError) else f"{type(exc).__name__}: {exc}"
-        logger.exception("job %s (%s) failed", job.pk, job.kind)
+        expected = isinstance(exc, JobError | ValueError | PermissionError)
+        message = str(exc) if expected else f"{type(exc).__name__}: {exc}"
+        if expected:
+            logger.info("job %s (%s) failed: %s", job.pk, job.kind, message)
+        else:
+            logger.exception("job %s (%s) failed", job.pk, job.kind)
         Job.objects.filter(pk=job.pk).update(
             status=JobStatus.FAILED,
             message=message[:500],

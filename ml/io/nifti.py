@@ -56,6 +56,18 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _raw_pixdim(path: Path, header_class) -> tuple[float, ...]:
+    """pixdim[1:4] as stored: nibabel silently replaces zeros by 1 when it loads."""
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(str(path)) as handle:
+            header = header_class.from_fileobj(handle, check=False)
+        return tuple(abs(float(z)) if z != 0 else 0.0 for z in header["pixdim"][1:4])
+    except Exception:  # the full load reports unreadable files
+        return ()
+
+
 def load_nifti(path: str | Path, *, ndim: tuple[int, ...] = (3, 4)) -> NiftiVolume:
     """Read and validate a NIfTI-1/2 file (``.nii`` or ``.nii.gz``).
 
@@ -86,8 +98,9 @@ def load_nifti(path: str | Path, *, ndim: tuple[int, ...] = (3, 4)) -> NiftiVolu
     if any(s < 1 for s in shape):
         raise ImageFormatError(path, f"has an empty dimension {tuple(img.shape)}")
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    if any(not np.isfinite(z) or z <= 0 for z in zooms):
-        raise ImageFormatError(path, f"has a zero or invalid voxel size {zooms}")
+    raw_zooms = _raw_pixdim(path, type(img.header))
+    if any(not np.isfinite(z) or z <= 0 for z in (*zooms, *raw_zooms)):
+        raise ImageFormatError(path, f"has a zero or invalid voxel size {raw_zooms or zooms}")
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise ImageFormatError(path, "has a singular or non-finite affine")

@@ -144,7 +144,7 @@ def _plan_mask(mask: BidsMask, volumes: dict[str, _PlannedVolume], existing: set
     if not set(values.tolist()) <= {0.0, 1.0}:
         raise ImageFormatError(mask.path, f"a mask must hold only 0 and 1, found {values[:6].tolist()}")
     n = int(vol.array.sum())
-    if n == 0:
+    if n == 0 and mask.kind != "aggressive":  # an empty aggressive mask says "none in this exam"
         raise ImageFormatError(mask.path, "the mask is empty")
     return _PlannedMask(
         mask=mask, sha256=sha256_file(mask.path), grid_kind=grid_kind, n_voxels=n,
