@@ -7,25 +7,40 @@ match the generator's aggressive subregion. The generator mixes compartments ins
 """
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
-import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 
 from ml.quant import QuantConfig, quantify_exam
+from ml.quant.dataset import CSV_COLUMNS, quantify_dataset
 from ml.quant.kinetics import frame_mid_times_s, late_slope_suv_per_h, time_activity_curve
-from ml.quant.suv import to_suv
 
 phantoms = pytest.importorskip("ml.phantoms.exam")
 
 
-@pytest.fixture(scope="module", params=[("nancy", 0), ("paris", 1)], ids=["RAS", "LPS"])
+def _exam_with_early_aggressive_subregion(site: str):
+    """First patient of ``site`` whose aggressive subregion (>= 30 voxels) peaks early, at least
+    1 min before the whole tumour (the generator draws both curves, so that is not always so).
+
+    Chosen by the generator's own truth, so the test follows the generator's random draws.
+    """
+    for patient in range(12):
+        ex = phantoms.make_exam(seed=0, patient_index=patient, site=site,
+                                timepoint="initial_diagnosis", include_mr=False, psf=False,
+                                noise=False)
+        t = ex.truth
+        if np.isfinite(t.ttp_aggressive_min) and t.ttp_aggressive_min < min(6.0, t.ttp_min - 1.0) \
+                and ex.pet_masks["aggressive"].sum() >= 30:
+            return ex
+    pytest.fail(f"no exam with an early aggressive subregion among 12 patients of {site}")
+
+
+@pytest.fixture(scope="module", params=["nancy", "paris"], ids=["RAS", "LPS"])
 def exam(request):
-    site, patient = request.param
-    ex = phantoms.make_exam(seed=0, patient_index=patient, site=site, timepoint="initial_diagnosis",
-                            include_mr=False, psf=False, noise=False)
-    assert ex.site.pet_orientation == ("RAS" if site == "nancy" else "LPS")
+    ex = _exam_with_early_aggressive_subregion(request.param)
+    assert ex.site.pet_orientation == ("RAS" if request.param == "nancy" else "LPS")
     return ex
 
 
@@ -69,14 +84,16 @@ def test_aggressive_subregion_late_slope_matches_truth(exam):
     window = exam.site.static_window_min
     sel = (t >= window[0] * 60) & (t <= window[1] * 60)
     percent_per_h = late_slope_suv_per_h(tac.values, t, window_min=window) / tac.values[sel].mean() * 100
-    # Truth: least-squares slope of the continuous curve, % of the window mean per hour.
-    assert percent_per_h == pytest.approx(exam.truth.slope_per_h, rel=0.05)
+    # Truth: least-squares slope of the continuous aggressive-compartment curve, % of the window
+    # mean per hour; the mask's voxels also hold some tumour compartment (partial volume).
+    assert percent_per_h == pytest.approx(exam.truth.slope_per_h, rel=0.05, abs=2.0)
 
 
 def test_dynamic_hotspot_is_the_aggressive_subregion(exam):
     q = _quantify(exam, background=True)
     hot = q.hotspots.hotspot_mask
     aggr = exam.pet_masks["aggressive"] > 0
+    # The subregion is one kinetic cluster, and the earliest-peaking one.
     assert (hot & aggr).sum() / aggr.sum() > 0.8
     a = exam.pet_static.affine
     centroid = a[:3, :3] @ np.argwhere(hot).mean(axis=0) + a[:3, 3]
@@ -87,30 +104,38 @@ def test_dynamic_hotspot_is_the_aggressive_subregion(exam):
     assert np.median(q.ttp_map[aggr]) < np.median(q.ttp_map[rest])
 
 
-def test_bids_files_of_the_tiny_cohort(request):
-    """End to end from files: NIfTI + sidecar -> SUV -> quantify -> groundtruth.tsv."""
+@pytest.fixture(scope="module")
+def cohort_root(request, tmp_path_factory):
+    """The shared ``tiny_cohort`` when tests/ml/conftest.py provides it, else 2 patients here."""
     try:
-        root = request.getfixturevalue("tiny_cohort")
+        return Path(request.getfixturevalue("tiny_cohort"))
     except pytest.FixtureLookupError:
-        pytest.skip("tiny_cohort fixture (tests/ml/conftest.py) not available yet")
-    import pandas as pd
+        from ml.phantoms.cohort import generate_cohort
 
-    truth = pd.read_csv(root / "derivatives" / "groundtruth" / "groundtruth.tsv", sep="\t")
-    checked = 0
-    for row in truth.itertuples():
-        sub, ses = row.participant_id, row.session_id
-        stem = root / sub / ses / "pet" / f"{sub}_{ses}_trc-FDOPA_rec-acstat_pet"
-        masks = root / "derivatives" / "groundtruth" / sub / ses / "pet"
-        tumor = np.asarray(nib.load(masks / f"{sub}_{ses}_trc-FDOPA_desc-tumor_mask.nii.gz").dataobj)
-        if not tumor.any():
-            continue
-        side = json.loads(stem.with_suffix(".json").read_text())
-        img = nib.load(stem.with_suffix(".nii.gz"))
-        suv = to_suv(img.get_fdata(), side["Units"], injected_dose_bq=side["InjectedRadioactivity"] * 1e6,
-                     weight_kg=side["BodyWeight"], delay_s=0.0, decay_corrected_to_injection=True)
-        bg = np.asarray(nib.load(masks / f"{sub}_{ses}_trc-FDOPA_desc-background_mask.nii.gz").dataobj)
-        q = quantify_exam(pet_static=suv, affine=img.affine, tumor_mask=tumor, background_mask=bg)
-        # Noisy, blurred images: TBRmax within a broad band of the set value.
-        assert 0.5 * row.true_tbr_max < q.static.tbr_max < 2.0 * row.true_tbr_max
-        checked += 1
-    assert checked > 0
+        root = tmp_path_factory.mktemp("cohort") / "bids"
+        generate_cohort(root, n_patients=2, n_sites=1, seed=0, workers=1)
+        return root
+
+
+@pytest.mark.slow
+def test_quantify_dataset_from_bids_files(cohort_root, tmp_path):
+    """End to end from files: scan -> NIfTI + sidecar -> SUV -> quantify -> cohort CSV."""
+    res = quantify_dataset(cohort_root)
+    truth = pd.read_csv(cohort_root / "derivatives" / "groundtruth" / "groundtruth.tsv", sep="\t",
+                        keep_default_na=False)
+    truth.index = truth["participant_id"] + "/" + truth["session_id"]
+    assert len(res.table) + len(res.errors) == len(truth)
+    assert len(res.table) >= 2
+    assert tuple(res.table.columns) == CSV_COLUMNS
+    assert res.labels.index.equals(res.table.index)
+    for key, row in res.table.iterrows():
+        t = truth.loc[key]
+        assert row["site"] == t["site"] and res.labels.loc[key, "diagnosis"] == t["diagnosis"]
+        # Noisy images blurred by the site PSF, with the truth background mask: TBRmax is biased
+        # up by noise and down by partial volume (small aggressive subregions lose up to ~1/3).
+        assert 0.5 * t["true_tbr_max"] < row["tbr_max"] < 1.5 * t["true_tbr_max"]
+        assert row["suv_max"] / row["tbr_max"] == pytest.approx(
+            res.results[key].static.background_mean)
+        assert row["curve_class"] in ("increasing", "plateau", "decreasing")
+    back = pd.read_csv(res.to_csv(tmp_path / "quant.csv"))
+    assert tuple(back.columns) == CSV_COLUMNS and len(back) == len(res.table)
