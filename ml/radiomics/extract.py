@@ -26,6 +26,7 @@ import radiomics
 import SimpleITK as sitk
 import yaml
 from radiomics.featureextractor import RadiomicsFeatureExtractor
+from scipy import ndimage
 
 # pyradiomics sets its logger to DEBUG at import and logs every step at INFO: keep errors only,
 # both on its own stderr handler and for records propagated to the application's handlers.
@@ -84,6 +85,19 @@ def to_sitk(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
     return img
 
 
+def _fill_nonfinite(arr: np.ndarray) -> np.ndarray:
+    """Replace NaN/inf (outside the mask) by the nearest finite value.
+
+    Parametric maps are NaN outside the region they were computed in; filling with the nearest
+    value (not 0) keeps the resampling interpolation at the mask border unbiased.
+    """
+    finite = np.isfinite(arr)
+    if finite.all():
+        return arr
+    idx = ndimage.distance_transform_edt(~finite, return_distances=False, return_indices=True)
+    return arr[tuple(idx)]
+
+
 def extract_features(
     image: np.ndarray,
     mask: np.ndarray,
@@ -96,7 +110,8 @@ def extract_features(
 
     Args:
         image: values (X, Y, Z) in the units of ``image_type`` (SUV, TBR, min, SUV/h, MRI a.u.);
-            non-finite values are allowed outside the mask only (set to 0 there).
+            non-finite values are allowed outside the mask only (replaced by the nearest
+            finite value, so resampling does not blend NaN or 0 into the border).
         mask: binary mask (X, Y, Z), non-empty.
         affine: 4x4 voxel-to-world affine (RAS+ mm) of both arrays.
         image_type: one of :data:`IMAGE_TYPES`; selects bin width and normalisation.
@@ -120,7 +135,7 @@ def extract_features(
         raise ValueError(f"image ({image_type}): NaN or infinite values inside the mask")
     if np.asarray(affine).shape != (4, 4):
         raise ValueError(f"affine: expected a 4x4 matrix, got shape {np.shape(affine)}")
-    arr = np.where(np.isfinite(arr), arr, 0.0)
+    arr = _fill_nonfinite(arr)
     params = load_params(image_type, config)
     extractor = RadiomicsFeatureExtractor(**params["setting"])
     extractor.disableAllFeatures()

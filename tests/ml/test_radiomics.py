@@ -105,3 +105,13 @@ def test_pyradiomics_logging_is_silenced(noisy, caplog):
         extract_features(ph["suv"], ph["tumor"], ph["affine"], image_type="pet_suv",
                          config={"featureClass": ["firstorder"]})
     assert not [r for r in caplog.records if r.name.startswith("radiomics")]
+
+
+def test_nan_outside_mask_does_not_bias_resampled_map():
+    """A TTP map of 7 min inside the tumour, NaN elsewhere, 4 mm voxels resampled to 2 mm."""
+    ph = P.static_phantom(4.0)
+    ttp = np.where(ph["tumor"], 7.0, np.nan)
+    f = extract_features(ttp, ph["tumor"], ph["affine"], image_type="ttp",
+                         config={"featureClass": ["firstorder"]})
+    assert f["original_firstorder_Mean"] == pytest.approx(7.0, abs=1e-6)
+    assert f["original_firstorder_Minimum"] == pytest.approx(7.0, abs=1e-6)
