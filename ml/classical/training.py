@@ -34,7 +34,7 @@ from ml.classical.explain import shap_importance, shap_values
 from ml.classical.model import TrainedModel
 from ml.classical.pipelines import MODELS, build_estimator, param_grid
 from ml.classical.tasks import TASKS, encode_labels, prepare_features
-from ml.classical.thresholds import youden_threshold
+from ml.classical.thresholds import ThresholdRule, youden_threshold
 
 __all__ = [
     "TrainingResult",
@@ -104,15 +104,29 @@ class TrainingResult:
         ]
         if self.external is not None:
             lines.append(self.external.summary())
+        rule = self.rule()
+        if rule is not None:
+            sign = ">=" if rule["direction"] == "greater" else "<="
+            lines.append(f"rule: {rule['feature']} {sign} {rule['cutoff']:.4g} "
+                         f"(Youden J {rule['youden_j']:.3f} on the development set)")
         top = list(self.importance.items())[:5]
         lines.append("top features (mean |SHAP|): " + ", ".join(f"{k}={v:.3g}" for k, v in top))
         return "\n".join(lines)
+
+    def rule(self) -> dict[str, Any] | None:
+        """The threshold rule in feature units (``model="threshold"`` only), else None."""
+        est = self.model.estimator
+        if not isinstance(est, ThresholdRule):
+            return None
+        return {"feature": self.config["threshold_feature"], "cutoff": float(est.threshold_),
+                "direction": est.direction_, "youden_j": float(est.youden_j_)}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict for the model registry."""
         return json_safe({
             "config": self.config,
             "threshold": self.model.threshold,
+            "rule": self.rule(),
             "best_params": {k: _jsonable(v) for k, v in self.model.best_params.items()},
             "cv": self.cv.to_dict(),
             "external": None if self.external is None else self.external.to_dict(),

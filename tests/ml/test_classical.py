@@ -161,6 +161,9 @@ def test_threshold_rule_model_and_external_site():
     ext = X[~dev]
     assert np.array_equal(res.model.predict(ext), ext["f0"] >= rule.threshold_)
     assert list(res.importance)[0] == "f0"
+    assert res.to_dict()["rule"] == {"feature": "f0", "cutoff": rule.threshold_,
+                                     "direction": "greater", "youden_j": rule.youden_j_}
+    assert "rule: f0 >= " in res.summary()
 
 
 def test_save_load_and_retrain_from_config(informative_logreg, tmp_path):
