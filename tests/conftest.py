@@ -33,3 +33,15 @@ def bids_copy(generated_bids, tmp_path) -> Path:
     dest = tmp_path / "bids"
     shutil.copytree(generated_bids, dest)
     return dest
+
+
+@pytest.fixture
+def one_subject(bids_copy) -> Path:
+    """The generated dataset cut down to its first participant (fast to import)."""
+    rows = (bids_copy / "participants.tsv").read_text().splitlines()
+    keep = rows[1].split("\t")[0]
+    (bids_copy / "participants.tsv").write_text("\n".join(rows[:2]) + "\n")
+    for sub in list(bids_copy.glob("sub-*")) + list((bids_copy / "derivatives" / "groundtruth").glob("sub-*")):
+        if sub.name != keep:
+            shutil.rmtree(sub)
+    return bids_copy
