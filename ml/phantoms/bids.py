@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -120,13 +121,10 @@ def write_nifti(
         hdr.set_slope_inter(slope, 0.0)
     raw = img.to_bytes()
     if slope is not None:
-        # nibabel writes the array as given; restore the scaling fields it may have reset.
-        check = nib.Nifti1Image.from_bytes(raw)
-        if not np.isclose(check.header["scl_slope"], slope):
-            header = check.header.copy()
-            header["scl_slope"] = slope
-            header["scl_inter"] = 0.0
-            raw = header.binaryblock + raw[len(header.binaryblock):]
+        # nibabel writes an int16 array unscaled and resets scl_slope/scl_inter; set them in the
+        # bytes (NIfTI-1 header offsets 112 and 116, float32 in the header's byte order).
+        fmt = hdr.endianness + "ff"
+        raw = raw[:112] + struct.pack(fmt, slope, 0.0) + raw[120:]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(gzip.compress(raw, compresslevel=GZIP_LEVEL, mtime=0))
     return path

@@ -156,12 +156,11 @@ def draw_lesion(
     cavity = np.zeros(shape, bool)
     if cavity_ml > 0:
         r_c = (3.0 * cavity_ml * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
-        off = rng.normal(0, radius_mm / 3, size=3)
+        # The cavity sits beside the recurrent lesion (which grows on its rim): lesion wins.
+        direction = rng.normal(size=3)
+        off = direction / np.linalg.norm(direction) * (0.8 * radius_mm + 0.5 * r_c)
         dc = np.sqrt(sum((ijk[k] + lo[k] - c_vox[k] - off[k] / vox) ** 2 for k in range(3))) * vox / r_c
-        cavity = (dc - 0.2 * noise < 1.0) & brain
-        tumour &= ~cavity
-        aggr &= ~cavity
-        necrosis &= ~cavity
+        cavity = (dc - 0.2 * noise < 1.0) & brain & ~lesion
         oedema &= ~cavity
     oedema &= ~lesion
     enh = np.zeros(shape, bool)
