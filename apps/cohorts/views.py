@@ -7,7 +7,13 @@ from django.shortcuts import get_object_or_404, redirect
 from django.views import View
 from django.views.generic import DetailView, FormView, ListView
 
-from apps.accounts.permissions import DATA_ROLES, MANAGE_ROLES, RoleRequiredMixin, can_manage_site, sites_for
+from apps.accounts.permissions import (
+    DATA_ROLES,
+    MANAGE_ROLES,
+    RoleRequiredMixin,
+    can_manage_site,
+    sites_for,
+)
 from apps.cohorts import selectors
 from apps.cohorts.forms import BidsUploadForm, DicomUploadForm, QcForm
 from apps.cohorts.services.store import media_path

@@ -8,7 +8,15 @@ from __future__ import annotations
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from tests.factories import CohortFactory, ExamFactory, JobFactory, MaskFactory, SiteFactory, VolumeFactory, user_with
+from tests.factories import (
+    CohortFactory,
+    ExamFactory,
+    JobFactory,
+    MaskFactory,
+    SiteFactory,
+    VolumeFactory,
+    user_with,
+)
 
 ROLES = ["anon", "norole", "reader", "coordinator", "coord_other", "statistician", "researcher", "researcher_other", "admin"]
 

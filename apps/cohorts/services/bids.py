@@ -20,7 +20,15 @@ from apps.accounts.models import Site
 from apps.accounts.permissions import can_manage_site, is_admin
 from apps.cohorts.models import Cohort, Exam, Mask, Patient, Volume
 from apps.cohorts.services.store import StoreTransaction
-from ml.io.bids import BidsDataset, BidsImage, BidsMask, BidsSession, BidsSubject, check_frames, scan_bids
+from ml.io.bids import (
+    BidsDataset,
+    BidsImage,
+    BidsMask,
+    BidsSession,
+    BidsSubject,
+    check_frames,
+    scan_bids,
+)
 from ml.io.errors import ImageFormatError
 from ml.io.nifti import NiftiVolume, load_nifti, sha256_file
 from ml.quant.suv import suv_bw_factor
