@@ -10,7 +10,6 @@ import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 from django.core.management import CommandError, call_command
