@@ -143,12 +143,13 @@ AMINOPET_MAX_UNZIPPED_BYTES = env.int("AMINOPET_MAX_UNZIPPED_BYTES", default=8 *
 _broker_dir = VAR_DIR / "broker"
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    for sub in ("out", "processed"):
+    for sub in ("out", "processed", "control"):
         (_broker_dir / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "out"),
         "data_folder_out": str(_broker_dir / "out"),
         "data_folder_processed": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),
     }
 if CELERY_BROKER_URL.startswith("redis"):
     # acks_late: an unacknowledged task is redelivered after this; longer than the longest training.
