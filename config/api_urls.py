@@ -4,6 +4,7 @@ from rest_framework.routers import DefaultRouter
 
 from apps.cohorts import api as cohorts_api
 from apps.jobs import api as jobs_api
+from apps.registry import api as registry_api
 
 router = DefaultRouter()
 router.register("sites", cohorts_api.SiteViewSet, basename="site")
@@ -12,6 +13,8 @@ router.register("exams", cohorts_api.ExamViewSet, basename="exam")
 router.register("volumes", cohorts_api.VolumeViewSet, basename="volume")
 router.register("cohorts", cohorts_api.CohortViewSet, basename="cohort")
 router.register("jobs", jobs_api.JobViewSet, basename="job")
+router.register("models", registry_api.ModelVersionViewSet, basename="model")
+router.register("predictions", registry_api.PredictionViewSet, basename="prediction")
 
 urlpatterns = [
     path("imports/bids/", cohorts_api.BidsImportAPI.as_view(), name="import-bids"),

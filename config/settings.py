@@ -54,6 +54,8 @@ INSTALLED_APPS = [
     "apps.accounts",
     "apps.cohorts",
     "apps.jobs",
+    "apps.quantification",
+    "apps.registry",
     "reader_study",
     "apps.demo",
 ]
@@ -138,6 +140,9 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 20 * 1024 * 1024
 # Cap on the expanded size of an uploaded zip (zip-bomb guard), bytes.
 AMINOPET_MAX_UNZIPPED_BYTES = env.int("AMINOPET_MAX_UNZIPPED_BYTES", default=8 * 1024**3)
+
+# Jobs queued for every newly imported exam (by kind; each app registers its handler).
+AMINOPET_AFTER_IMPORT_JOBS = env.list("AMINOPET_AFTER_IMPORT_JOBS", default=["prepare_exam", "quantify_exam"])
 
 # --- Celery -----------------------------------------------------------------------------------
 _broker_dir = VAR_DIR / "broker"

@@ -10,6 +10,8 @@ urlpatterns = [
     path("accounts/", include("apps.accounts.urls")),
     path("cohort/", include("apps.cohorts.urls")),
     path("jobs/", include("apps.jobs.urls")),
+    path("quantification/", include("apps.quantification.urls")),
+    path("models/", include("apps.registry.urls")),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

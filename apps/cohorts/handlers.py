@@ -12,7 +12,7 @@ from apps.cohorts.models import Exam
 from apps.cohorts.services.bids import bids_import
 from apps.cohorts.services.prepare import exam_prepare
 from apps.jobs.models import Job
-from apps.jobs.services import Progress, job_handler, job_submit
+from apps.jobs.services import Progress, handler_kinds, job_handler, job_submit
 from ml.io.archive import safe_extract, single_root
 
 
@@ -33,9 +33,12 @@ def _source(job: Job, workdir: Path) -> Path:
     return path
 
 
-def queue_prepare(exam_ids: list[int], *, user=None) -> None:
+def queue_after_import(exam_ids: list[int], *, user=None) -> None:
+    """Queue the per-exam jobs of settings.AMINOPET_AFTER_IMPORT_JOBS (preparation, quantification...)."""
     for pk in exam_ids:
-        job_submit(kind="prepare_exam", params={"exam": pk}, user=user)
+        for kind in settings.AMINOPET_AFTER_IMPORT_JOBS:
+            if kind in handler_kinds():
+                job_submit(kind=kind, params={"exam": pk}, user=user)
 
 
 @job_handler("import_bids")
@@ -49,7 +52,7 @@ def handle_import_bids(job: Job, progress: Progress) -> dict:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if job.params.get("prepare", True):
-        transaction.on_commit(lambda: queue_prepare(report.new_exam_ids, user=_user(job)))
+        transaction.on_commit(lambda: queue_after_import(report.new_exam_ids, user=_user(job)))
     return report.to_dict()
 
 
@@ -66,7 +69,7 @@ def handle_import_dicom(job: Job, progress: Progress) -> dict:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if prepare:
-        transaction.on_commit(lambda: queue_prepare(report["new_exam_ids"], user=_user(job)))
+        transaction.on_commit(lambda: queue_after_import(report["new_exam_ids"], user=_user(job)))
     return report
 
 

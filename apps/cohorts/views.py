@@ -16,6 +16,7 @@ from apps.accounts.permissions import (
 )
 from apps.cohorts import selectors
 from apps.cohorts.forms import BidsUploadForm, DicomUploadForm, QcForm
+from apps.cohorts.panels import exam_panels
 from apps.cohorts.services.store import media_path
 from apps.cohorts.services.uploads import import_submit
 
@@ -73,6 +74,7 @@ class ExamDetailView(RoleRequiredMixin, DetailView):
         ctx["masks"] = [m for m in self.object.masks.all() if m.space == "native"]
         ctx["can_manage"] = can_manage_site(self.request.user, self.object.patient.site)
         ctx["qc_form"] = QcForm()
+        ctx["panels"] = exam_panels(self.object, self.request.user)
         return ctx
 
 

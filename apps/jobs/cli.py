@@ -25,3 +25,24 @@ def run_job_with_bar(command: BaseCommand, *, kind: str, params: dict, quiet: bo
     if job.status != JobStatus.SUCCEEDED:
         raise CommandError(job.message or f"job {job.pk} failed")
     return job
+
+
+def run_exam_jobs_inline(command: BaseCommand, exam_ids: list[int], *, kinds: list[str] | None = None,
+                         quiet: bool = False) -> int:
+    """Run per-exam jobs (default: settings.AMINOPET_AFTER_IMPORT_JOBS) here, one bar per kind.
+
+    Returns the number of failed jobs; each failure is printed with its message.
+    """
+    from django.conf import settings
+
+    from apps.jobs.services import handler_kinds
+
+    failed = 0
+    for kind in kinds or [k for k in settings.AMINOPET_AFTER_IMPORT_JOBS if k in handler_kinds()]:
+        for pk in tqdm(exam_ids, desc=kind, unit="exam", disable=quiet, file=command.stderr._out):
+            job = job_run_inline(kind=kind, params={"exam": pk})
+            if job.status != JobStatus.SUCCEEDED:
+                failed += 1
+                command.stderr.write(f"{kind} of exam {pk}: {job.message}")
+        command.stdout.write(command.style.SUCCESS(f"{kind}: {len(exam_ids)} exams"))
+    return failed

@@ -2,7 +2,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.jobs.cli import run_job_with_bar
+from apps.jobs.cli import run_exam_jobs_inline, run_job_with_bar
 
 
 class Command(BaseCommand):
@@ -17,9 +17,9 @@ class Command(BaseCommand):
         parser.add_argument("--cohort", help="add the imported exams to this named cohort (created if needed)")
         parser.add_argument(
             "--no-prepare", action="store_true",
-            help="skip resampling onto the common grid and QC thumbnails (run later with prepare_exams)",
+            help="skip the per-exam jobs (common grid, thumbnails, quantification); run them later",
         )
-        parser.add_argument("--queue", action="store_true", help="queue the preparation on Celery workers instead of running it here")
+        parser.add_argument("--queue", action="store_true", help="queue the per-exam jobs on Celery workers instead of running them here")
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def handle(self, *args, **opts):
@@ -33,6 +33,4 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS(job.result["message"]))
         new = job.result["new_exam_ids"]
         if new and not opts["no_prepare"] and not opts["queue"]:
-            from apps.cohorts.management.commands.prepare_exams import prepare_inline
-
-            prepare_inline(self, new, quiet=opts["quiet"])
+            run_exam_jobs_inline(self, new, quiet=opts["quiet"])

@@ -3,7 +3,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.cohorts.models import Timepoint
-from apps.jobs.cli import run_job_with_bar
+from apps.jobs.cli import run_exam_jobs_inline, run_job_with_bar
 
 
 class Command(BaseCommand):
@@ -40,6 +40,4 @@ class Command(BaseCommand):
         })
         self.stdout.write(self.style.SUCCESS(job.result["message"]))
         if job.result["new_exam_ids"] and not opts["no_prepare"]:
-            from apps.cohorts.management.commands.prepare_exams import prepare_inline
-
-            prepare_inline(self, job.result["new_exam_ids"], quiet=opts["quiet"])
+            run_exam_jobs_inline(self, job.result["new_exam_ids"], quiet=opts["quiet"])

@@ -1,0 +1,15 @@
+from django.apps import AppConfig
+
+
+class QuantificationConfig(AppConfig):
+    """PET quantification of exams (static, dynamic, parametric maps, radiomics) on ml.quant."""
+
+    name = "apps.quantification"
+    label = "quantification"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from apps.cohorts.panels import register_exam_panel
+        from apps.quantification import handlers, panels  # noqa: F401  (job handlers)
+
+        register_exam_panel(panels.quantification_panel)

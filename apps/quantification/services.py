@@ -1,0 +1,164 @@
+"""Quantify an exam from its stored volumes and masks (ml.quant, ml.radiomics) and keep the results."""
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Iterable
+
+import numpy as np
+from django.db import transaction
+
+from apps.cohorts.models import Exam, Mask, Volume
+from apps.cohorts.services.store import StoreTransaction, media_path
+from apps.quantification.models import ExamQuantification, RadiomicsFeatures
+from ml.io.grid import Grid, resample_to_grid
+from ml.io.nifti import load_nifti, nifti_bytes
+from ml.quant import ROW_COLUMNS, QuantConfig, quantify_exam
+from ml.radiomics.table import SEPARATOR, exam_features
+
+#: The CSV of ``manage.py quantify``: ids, then exactly the parameter columns of ml.quant.
+CSV_COLUMNS = ["site", "patient", "exam", *ROW_COLUMNS]
+PET_GRIDS = ("pet_static", "pet_dynamic")
+
+
+class QuantificationError(ValueError):
+    """An exam that cannot be quantified (named, with the reason)."""
+
+
+def _suv_array(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+    data = load_nifti(media_path(volume.file.name))
+    array = data.array
+    if volume.units == "Bq/mL":
+        array = array * float(volume.suv_factor)
+    return array, data.affine
+
+
+def _mask(exam: Exam, kind: str, grid: Volume) -> np.ndarray | None:
+    mask = Mask.objects.filter(exam=exam, kind=kind, space="native", grid=grid).first()
+    if mask is None:
+        return None
+    return load_nifti(media_path(mask.file.name), ndim=(3,)).array > 0.5
+
+
+def _tac_plot(tacs: dict) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.2, 3.2), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    colours = {"tumor": "#c0392b", "striatum": "#2471a3", "background": "#7f8c8d"}
+    for name, tac in tacs.items():
+        t = np.asarray(tac["mid_times_s"]) / 60.0
+        ax.plot(t, tac["values"], marker="o", ms=3, label=name, color=colours.get(name))
+    ax.set_xlabel("time after injection (min)")
+    ax.set_ylabel("SUV")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _finite(value) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def exam_quantify(
+    *, exam: Exam, config: QuantConfig | None = None, radiomics: bool = True,
+    progress: Callable[[float, str], None] | None = None,
+) -> ExamQuantification:
+    """Quantify ``exam`` on its native PET grid; idempotent (replaces the previous result).
+
+    Raises:
+        QuantificationError: no static PET or no tumour mask on the PET grid.
+    """
+    report = progress or (lambda pct, msg="": None)
+    static = exam.volumes.filter(kind="pet_static", space="native").first()
+    if static is None:
+        raise QuantificationError(f"exam {exam}: no static PET to quantify")
+    tumor = _mask(exam, "tumor", static)
+    dynamic = exam.volumes.filter(kind="pet_dynamic", space="native").first()
+    if tumor is None and dynamic is not None:
+        # masks may lie on the dynamic grid when it differs from the static one
+        tumor_dyn = _mask(exam, "tumor", dynamic)
+        if tumor_dyn is not None:
+            dyn_data = load_nifti(media_path(dynamic.file.name))
+            st = load_nifti(media_path(static.file.name))
+            tumor = resample_to_grid(tumor_dyn.astype(np.float32), dyn_data.affine,
+                                     Grid(st.shape[:3], st.affine), order=0) > 0.5
+    if tumor is None:
+        raise QuantificationError(f"exam {exam}: no tumour mask on the PET grid")
+    report(10, "Loading PET")
+    suv, affine = _suv_array(static)
+    pet_dyn = start = duration = None
+    if dynamic is not None:
+        pet_dyn, dyn_affine = _suv_array(dynamic)
+        if pet_dyn.shape[:3] != suv.shape or not np.allclose(dyn_affine, affine, atol=1e-3):
+            pet_dyn = resample_to_grid(pet_dyn, dyn_affine, Grid(suv.shape, affine), order=1)
+        start, duration = dynamic.frame_start_s, dynamic.frame_duration_s
+    report(30, "Quantifying")
+    result = quantify_exam(
+        pet_static=suv, affine=affine, tumor_mask=tumor, pet_dynamic=pet_dyn,
+        frame_start_s=start, frame_duration_s=duration,
+        striatum_mask=_mask(exam, "striatum", static), background_mask=_mask(exam, "background", static),
+        config=config or QuantConfig(),
+    )
+    summary = result.to_dict()
+    row = summary["row"]
+    features: dict[str, dict[str, float]] = {}
+    if radiomics:
+        report(60, "Radiomics")
+        bg_mean = result.static.background_mean
+        images = {"pet_suv": suv}
+        if math.isfinite(bg_mean) and bg_mean > 0:
+            images["tbr"] = suv / bg_mean
+        if result.ttp_map is not None:
+            images["ttp"] = np.nan_to_num(result.ttp_map, nan=0.0)
+        flat = exam_features(images, tumor, affine)
+        for key, value in flat.items():
+            name, feature = key.split(SEPARATOR, 1)
+            features.setdefault(name, {})[feature] = _finite(value)
+    report(85, "Saving maps and plots")
+    store = StoreTransaction()
+    try:
+        files = {}
+        for name, array in (("ttp_map", result.ttp_map), ("slope_map", result.slope_map)):
+            if array is not None:
+                files[name], _ = store.put_bytes(nifti_bytes(np.nan_to_num(array, nan=0.0), affine),
+                                                 category="maps", suffix=".nii.gz")
+        if summary["tacs"]:
+            files["tac_plot"], _ = store.put_bytes(_tac_plot(summary["tacs"]), category="plots", suffix=".png")
+        with transaction.atomic():
+            quant, _ = ExamQuantification.objects.update_or_create(
+                exam=exam,
+                defaults={
+                    **{k: _finite(row[k]) for k in ROW_COLUMNS if k != "curve_class"},
+                    "curve_class": row["curve_class"] or "n/a",
+                    "background_source": result.background_source,
+                    "tacs": summary["tacs"], "config": summary["config"] | {"static": summary["static"]},
+                    "ttp_map": files.get("ttp_map", ""), "slope_map": files.get("slope_map", ""),
+                    "tac_plot": files.get("tac_plot", ""),
+                },
+            )
+            for image_type, values in features.items():
+                RadiomicsFeatures.objects.update_or_create(
+                    exam=exam, image_type=image_type, defaults={"features": values})
+    except BaseException:
+        store.rollback()
+        raise
+    return quant
+
+
+def quantification_rows(exams: Iterable[Exam]) -> list[dict]:
+    """One CSV row per quantified exam (columns :data:`CSV_COLUMNS`)."""
+    rows = []
+    for exam in exams:
+        q = getattr(exam, "quantification", None)
+        if q is None:
+            continue
+        rows.append({"site": exam.patient.site.name, "patient": exam.patient.code, "exam": exam.code,
+                     **{k: getattr(q, k) for k in ROW_COLUMNS}})
+    return rows

@@ -1,0 +1,50 @@
+from django.http import FileResponse, Http404
+from django.shortcuts import get_object_or_404
+from django.views import View
+from django.views.generic import DetailView, ListView
+
+from apps.accounts.permissions import MODEL_ROLES, RoleRequiredMixin
+from apps.cohorts.services.store import media_path
+from apps.registry.models import ModelVersion
+
+METRIC_ORDER = ["auc", "accuracy", "sensitivity", "specificity", "ppv", "npv"]
+
+
+class ModelListView(RoleRequiredMixin, ListView):
+    required_roles = MODEL_ROLES
+    template_name = "registry/model_list.html"
+    context_object_name = "models"
+    queryset = ModelVersion.objects.select_related("training_cohort", "external_site")
+
+
+class ModelDetailView(RoleRequiredMixin, DetailView):
+    required_roles = MODEL_ROLES
+    template_name = "registry/model_detail.html"
+    context_object_name = "model"
+    queryset = ModelVersion.objects.select_related("training_cohort", "external_site")
+
+    def get_context_data(self, **kwargs):
+        ctx = super().get_context_data(**kwargs)
+        evaluations = []
+        for key in ("cv", "external"):
+            ev = self.object.metrics.get(key)
+            if ev:
+                rows = [(m, ev["metrics"][m]) for m in METRIC_ORDER if m in ev["metrics"]]
+                plots = [(k, k.split("_", 1)[1]) for k in self.object.plots if k.startswith(key + "_")]
+                evaluations.append({"key": key, "name": ev["name"], "n": ev["n"], "n_positive": ev["n_positive"],
+                                    "brier": ev["brier"], "rows": rows, "plots": plots})
+        ctx["evaluations"] = evaluations
+        ctx["importance"] = list(self.object.metrics.get("importance", {}).items())[:10]
+        ctx["n_predictions"] = self.object.predictions.count()
+        return ctx
+
+
+class ModelPlotView(RoleRequiredMixin, View):
+    required_roles = MODEL_ROLES
+
+    def get(self, request, pk, name):
+        model = get_object_or_404(ModelVersion, pk=pk)
+        stored = model.plots.get(name)
+        if not stored:
+            raise Http404("no such plot")
+        return FileResponse(open(media_path(stored), "rb"), content_type="image/png")
