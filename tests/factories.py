@@ -9,6 +9,8 @@ from apps.accounts.models import Membership, Site
 from apps.cohorts.models import Cohort, Exam, Mask, Patient, Volume
 from apps.cohorts.services.store import StoreTransaction
 from apps.jobs.models import Job
+from apps.quantification.models import ExamQuantification
+from apps.registry.models import ModelVersion, Prediction
 from ml.io.nifti import nifti_bytes
 
 
@@ -130,3 +132,49 @@ class JobFactory(factory.django.DjangoModelFactory):
     kind = "prepare_exam"
     status = "failed"
     message = "boom"
+
+
+def _png() -> str:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, format="PNG")
+    return StoreTransaction().put_bytes(buf.getvalue(), category="plots", suffix=".png")[0]
+
+
+class ExamQuantificationFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = ExamQuantification
+
+    exam = factory.SubFactory(ExamFactory)
+    suv_max, suv_mean, tbr_max, tbr_mean, mtv_ml = 4.0, 2.0, 3.0, 1.5, 12.0
+    background_source = "given"
+    tac_plot = factory.LazyFunction(_png)
+
+
+class ModelVersionFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = ModelVersion
+
+    name = "progression-logreg"
+    version = factory.Sequence(lambda n: n + 1)
+    task = "progression"
+    family = "classical"
+    algorithm = "logreg"
+    threshold = 0.5
+    artifact = "models/none.joblib"
+    plots = factory.LazyFunction(lambda: {"cv_roc": _png()})
+    metrics = factory.LazyFunction(lambda: {"cv": {"name": "cross-validation", "n": 10, "n_positive": 5,
+                                                    "brier": 0.2, "metrics": {"auc": {"estimate": 0.8,
+                                                    "lower": 0.6, "upper": 0.9}}}})
+
+
+class PredictionFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Prediction
+
+    model_version = factory.SubFactory(ModelVersionFactory)
+    exam = factory.SubFactory(ExamFactory)
+    probability, decision, label, threshold = 0.7, True, "progression", 0.5

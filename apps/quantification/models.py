@@ -52,3 +52,6 @@ class RadiomicsFeatures(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["exam", "image_type"], name="radiomics_one_per_image")]
+
+    def __str__(self) -> str:
+        return f"{self.image_type} radiomics of {self.exam}"

@@ -11,8 +11,10 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from tests.factories import (
     CohortFactory,
     ExamFactory,
+    ExamQuantificationFactory,
     JobFactory,
     MaskFactory,
+    PredictionFactory,
     SiteFactory,
     VolumeFactory,
     user_with,
@@ -40,7 +42,10 @@ def world(db):
         "admin": user_with("admin"),
     }
     job = JobFactory(site=home, created_by=users["coordinator"])
-    return {"site": home, "exam": exam, "volume": volume, "mask": mask, "cohort": cohort, "job": job, "users": users}
+    ExamQuantificationFactory(exam=exam)
+    prediction = PredictionFactory(exam=exam)
+    return {"site": home, "exam": exam, "volume": volume, "mask": mask, "cohort": cohort, "job": job,
+            "users": users, "model": prediction.model_version, "prediction": prediction}
 
 
 def _expect(default, **per_role):
@@ -53,6 +58,8 @@ MANAGE_PAGE = _expect(403, anon=302, coordinator=200, coord_other=200, admin=200
 ANY_ROLE_PAGE = _expect(200, anon=302, norole=403)
 JOB_DETAIL = _expect(404, anon=302, norole=403, coordinator=200, admin=200)
 API_DATA_LIST = _expect(403, coordinator=200, coord_other=200, researcher=200, researcher_other=200, admin=200)
+MODEL_PAGE = _expect(403, anon=302, researcher=200, researcher_other=200, admin=200)
+API_MODEL = _expect(403, researcher=200, researcher_other=200, admin=200)
 API_DATA_DETAIL = _expect(403, coordinator=200, coord_other=404, researcher=200, researcher_other=404, admin=200)
 
 # (url name, kwargs from the world, method, expectations)
@@ -78,6 +85,14 @@ CASES = [
     ("jobs:detail", {"pk": "job.pk"}, "get", JOB_DETAIL),
     ("jobs:status", {"pk": "job.pk"}, "get", JOB_DETAIL),
     ("jobs:retry", {"pk": "job.pk"}, "post", _expect(404, anon=302, norole=403, coordinator=302, admin=302)),
+    ("quantification:map", {"pk": "exam.pk", "which": "=tac"}, "get", DATA_DETAIL),
+    ("registry:list", {}, "get", MODEL_PAGE),
+    ("registry:detail", {"pk": "model.pk"}, "get", MODEL_PAGE),
+    ("registry:plot", {"pk": "model.pk", "name": "=cv_roc"}, "get", MODEL_PAGE),
+    ("api:model-list", {}, "get", API_MODEL),
+    ("api:model-detail", {"pk": "model.pk"}, "get", API_MODEL),
+    ("api:prediction-list", {}, "get", API_DATA_LIST),
+    ("api:prediction-detail", {"pk": "prediction.pk"}, "get", API_DATA_DETAIL),
     ("admin:index", {}, "get", _expect(302, admin=200)),
     ("schema", {}, "get", _expect(200, anon=403)),
     ("api-docs", {}, "get", _expect(200, anon=403)),
@@ -104,6 +119,8 @@ SKIPPED = {"logout"}
 
 
 def _resolve(world, dotted: str):
+    if dotted.startswith("="):
+        return dotted[1:]
     obj = world
     first, *rest = dotted.split(".")
     obj = world[first]
