@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import radiomics
 import SimpleITK as sitk
 import yaml
 from radiomics.featureextractor import RadiomicsFeatureExtractor
 from scipy import ndimage
-
-import radiomics
 
 # pyradiomics sets its logger to DEBUG at import and logs every step at INFO: keep errors only,
 # both on its own stderr handler and for records propagated to the application's handlers.
