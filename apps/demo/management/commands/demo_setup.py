@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from apps.accounts.models import Site
 from apps.accounts.services import demo_users
+from apps.registry.models import ModelVersion
 
 
 class Command(BaseCommand):
@@ -31,6 +32,16 @@ class Command(BaseCommand):
         sites = list(Site.objects.all())
         if not sites:
             raise CommandError("no site after the import")
+        if not ModelVersion.objects.exists():
+            self.stdout.write("Training small models (progression: T/S max rule, logistic regression)")
+            external = sites[-1].name if len(sites) > 2 else None
+            for model in ("threshold", "logreg"):
+                args = ["--task", "progression", "--cohort", "demo", "--model", model, "--bootstrap", "300"]
+                call_command("train_classical", *args, *(["--external-site", external] if external else []),
+                             stdout=self.stdout, stderr=self.stderr)
+            latest = ModelVersion.objects.filter(algorithm="logreg").latest("created_at")
+            call_command("predict", "--model", str(latest.pk), "--cohort", "demo",
+                         stdout=self.stdout, stderr=self.stderr)
         users = demo_users(sites)
         width = max(len(u) for u, _, _ in users)
         self.stdout.write(self.style.SUCCESS("\nDemo users (passwords are new each time demo_setup runs):"))
