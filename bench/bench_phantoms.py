@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -17,6 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ml.phantoms import calibration_report, generate_cohort  # noqa: E402
 from ml.phantoms.exam import _derived  # noqa: E402
+
+
+def _cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main() -> None:
@@ -34,14 +41,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.keep) if args.keep else Path(tmp) / "cohort"
         t1 = time.perf_counter()
+        cpu0 = _cpu()
         summary = generate_cohort(out, n_patients=args.patients, n_sites=args.sites, seed=args.seed,
                                   workers=args.workers, overwrite=True)
         wall = time.perf_counter() - t1
+        cpu = _cpu() - cpu0
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
         print(f"template load: {t_template:.1f} s (once per process tree)")
         print(f"generate_cohort: {summary.n_patients} patients, {summary.n_exams} exams, "
               f"{args.workers} workers on {os.cpu_count()} CPUs: {wall:.1f} s "
               f"({wall / summary.n_exams:.2f} s/exam wall; target: 100 patients < 120 s on 2 cores)")
+        print(f"CPU time of all processes: {cpu:.1f} s ({cpu / summary.n_exams:.2f} s/exam); "
+              f"on {args.workers} otherwise idle cores: about {cpu / args.workers:.0f} s "
+              f"(wall time above also counts other users of a shared machine; load average "
+              f"{os.getloadavg()[0]:.1f})")
         print(f"output: {summary.n_files} files, {size / 1e9:.2f} GB")
         if args.calibration:
             t2 = time.perf_counter()

@@ -355,6 +355,7 @@ _MR_CHANNELS = ("t1w", "flair", "t2w", "head")
 class _Derived:
     pet_stack: np.ndarray
     mr_stack: np.ndarray
+    support: np.ndarray
     brain_corners_mm: np.ndarray
 
 
@@ -373,6 +374,7 @@ def _derived(resolution: int) -> _Derived:
     return _Derived(
         pet_stack=np.ascontiguousarray(pet, dtype=np.float32),
         mr_stack=np.ascontiguousarray(mr, dtype=np.float32),
+        support=ndi.binary_dilation((t.brain + t.head) > 0, iterations=2).astype(np.float32),
         brain_corners_mm=t.mm(corners).T,
     )
 
@@ -390,26 +392,41 @@ class _Sampler:
         step = self._STEP
         coarse_shape = tuple(-(-n // step) + 1 for n in grid.shape)
         coarse = Grid(shape=coarse_shape, affine=grid.affine @ np.diag([step, step, step, 1.0]))
-        mni_c = warp.world_to_mni(coarse.world()).reshape(3, *coarse_shape)
-        self.mni = upsample_linear(mni_c, step, grid.shape).reshape(3, -1)
         inv = np.linalg.inv(template.affine)
-        self.vc = (inv[:3, :3] @ self.mni + inv[:3, 3:4]).astype(np.float32)
+        vc_c = inv[:3, :3] @ warp.world_to_mni(coarse.world()) + inv[:3, 3:4]
         self.shape = grid.shape
+        self.n = int(np.prod(grid.shape))
+        self.template_affine = template.affine
+        # Only voxels near the head are sampled: decided on the coarse lattice, dilated by one
+        # coarse voxel, expanded to the full grid by nearest neighbour.
+        sup = ndi.map_coordinates(_derived(round(template.voxel_mm)).support, vc_c, order=0, mode="constant",
+                                  cval=0.0).reshape(coarse_shape) > 0
+        sup = ndi.binary_dilation(sup, iterations=1)
+        near = [np.minimum(np.round(np.arange(n) / step).astype(int), c - 1) for n, c in zip(grid.shape, coarse_shape)]
+        self.inside = np.flatnonzero(sup[np.ix_(*near)].ravel())
+        full = upsample_linear(vc_c.reshape(3, *coarse_shape).astype(np.float32), step, grid.shape)
+        self.vc = full.reshape(3, -1)[:, self.inside]  # template voxel coordinates, inside only
         lo = lesion.box_origin.astype(np.float32)[:, None]
         hi = lo + np.asarray(lesion.fractions.shape[1:], np.float32)[:, None]
         self.sel = np.flatnonzero(((self.vc >= lo - 1) & (self.vc <= hi)).all(axis=0))
         self.box_vc = self.vc[:, self.sel] - lo
         self.lesion = lesion
 
+    def mni(self, axis: int, fill: float = np.nan) -> np.ndarray:
+        """Template mm along one axis for every voxel (``fill`` outside the sampled region)."""
+        out = np.full(self.n, fill, np.float32)
+        out[self.inside] = self.template_affine[axis, :3] @ self.vc + self.template_affine[axis, 3]
+        return out.reshape(self.shape)
+
     def stack(self, stack: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
-        out = trilinear(stack, self.vc)
+        out = np.zeros((stack.shape[0], self.n), np.float32)
+        out[:, self.inside] = trilinear(stack, self.vc)
         return {n: out[k].reshape(self.shape) for k, n in enumerate(names)}
 
     def lesion_maps(self) -> dict[str, np.ndarray]:
-        n = int(np.prod(self.shape))
-        flat = np.zeros((len(COMPARTMENTS), n), np.float32)
+        flat = np.zeros((len(COMPARTMENTS), self.n), np.float32)
         if self.sel.size:
-            flat[:, self.sel] = trilinear(self.lesion.fractions, self.box_vc)
+            flat[:, self.inside[self.sel]] = trilinear(self.lesion.fractions, self.box_vc)
         return {name: flat[k].reshape(self.shape) for k, name in enumerate(COMPARTMENTS)}
 
 
@@ -433,14 +450,14 @@ def _render_pet(
     site = model.site
     obl = rotation(*np.deg2rad(rng.uniform(-1.0, 1.0, size=3)))
     grid = make_grid(orientation=site.pet_orientation, voxel_mm=site.pet_voxel_mm, obliquity=obl,
-                     world_points=_fov_points(template, warp), margin_mm=10.0)
+                     world_points=_fov_points(template, warp), margin_mm=6.0)
     smp = _Sampler(template, warp, grid, plan.lesion)
     les = smp.lesion_maps()
     repl = np.clip(sum(les[n] for n in COMPARTMENTS[:5]), 0, 1)
     contra = "left" if plan.lesion.side == "right" else "right"
     maps = smp.stack(der.pet_stack, _PET_CHANNELS)
     # Striatum per side from the template-space x of each voxel (MNI x < 0 is left).
-    mni_x = smp.mni[0].reshape(grid.shape)
+    mni_x = smp.mni(0, fill=0.0)
     on_contra = (mni_x > 0) if contra == "right" else (mni_x < 0)
     s_contra = np.where(on_contra, maps["striatum"], 0.0)
     s_ipsi = maps["striatum"] - s_contra
@@ -466,38 +483,40 @@ def _render_pet(
     else:
         w_blur = w_stack
     factor = 1e6 * plan.dose_mbq / (model.labels.weight_kg * 1000.0) * site.calibration  # SUV->Bq/mL
-    static_clean = (static_suv @ w_blur).reshape(grid.shape).astype(np.float32)
-    dyn_clean = (tac_frames.T @ w_blur).reshape(len(durs), *grid.shape).astype(np.float32)  # (F, ...)
+    # Outside the head the reconstruction is (close to) empty: no noise there, so files compress
+    # and the frames are only computed inside.
+    body = ndi.binary_dilation((weights["healthy"] + weights["striatum"] + head + repl) > 0.01, iterations=2)
+    body_flat = body.ravel()
+    inside = np.flatnonzero(body_flat)
+    static_clean = (static_suv @ w_blur).astype(np.float32)  # (N,)
+    dyn_in = (w_blur[:, inside].T @ tac_frames).astype(np.float32)  # (n_inside, F)
     b_ref = plan.suv["healthy"]
     dose_term = np.sqrt(2.0 * model.labels.weight_kg / plan.dose_mbq)  # relative to 2 MBq/kg
     win = site.static_window_min
     if noise:
         nsig = (0.7, 0.7, 0.7)
-        norm = _noise_norm(nsig)
-        z = ndi.gaussian_filter(rng.standard_normal(grid.shape, dtype=np.float32), nsig) / norm
+        z = ndi.gaussian_filter(rng.standard_normal(grid.shape, dtype=np.float32), nsig).ravel()
+        z /= _noise_norm(nsig)
         sd = site.static_cov * dose_term * np.sqrt(np.maximum(static_clean, 0.02 * b_ref) * b_ref)
-        static = static_clean + (sd * z).astype(np.float32)
-        # Per frame: variance ~ counts^-1: duration, decay at the frame mid-time, activity.
+        static = np.where(body_flat, static_clean + sd * z, 0.0)
+        # Per frame: variance ~ 1/counts: duration, decay at the frame mid-time, activity.
         mid = (starts + durs / 2.0) / 60.0
         decay = np.exp(np.log(2.0) * mid / F18_HALF_LIFE_MIN)
         rel = np.sqrt((win[1] - win[0]) * 60.0 / durs * decay * np.exp(-np.log(2.0) * np.mean(win) / F18_HALF_LIFE_MIN))
         # Frames get white noise (the static image carries the reconstruction's correlation);
         # smoothing 20+ frames would cost more than the rest of the exam.
-        zf = rng.standard_normal(dyn_clean.shape, dtype=np.float32)
-        sdf = site.static_cov * dose_term * np.sqrt(np.maximum(dyn_clean, 0.02 * b_ref) * b_ref)
-        dyn = dyn_clean + sdf * zf * rel.astype(np.float32)[:, None, None, None]
+        zf = rng.standard_normal(dyn_in.shape, dtype=np.float32)
+        zf *= (site.static_cov * dose_term * rel).astype(np.float32)[None, :]
+        dyn_in += np.sqrt(np.maximum(dyn_in, np.float32(0.02 * b_ref)) * np.float32(b_ref)) * zf
     else:
-        static, dyn = static_clean, dyn_clean
-    # Outside the head the reconstruction is (close to) empty: no noise there, so files compress.
-    body = (weights["healthy"] + weights["striatum"] + head + repl) > 0.01
-    body = ndi.binary_dilation(body, iterations=2)
-    static = np.where(body, static, 0.0)
-    dyn = np.where(body[None], dyn, 0.0)
-    static_bq = (static * factor).astype(np.float32)
-    clean_bq = (static_clean * factor).astype(np.float32)
-    dyn_bq = np.moveaxis(dyn * np.float32(factor), 0, -1).astype(np.float32)
+        static = np.where(body_flat, static_clean, 0.0)
+    dyn_flat = np.zeros((body_flat.size, len(durs)), np.float32)
+    dyn_flat[inside] = dyn_in * np.float32(factor)
+    dyn_bq = dyn_flat.reshape(*grid.shape, len(durs))
+    static_bq = (static * factor).astype(np.float32).reshape(grid.shape)
+    clean_bq = (static_clean * factor).astype(np.float32).reshape(grid.shape)
     tumour_frac = les["tumour"] + les["aggressive"] + les["necrosis"]
-    mni_z = smp.mni[2].reshape(grid.shape)
+    mni_z = smp.mni(2, fill=1e6)
     sign = 1.0 if contra == "right" else -1.0
     tissue = maps["tissue"]
     near = maps["near_striatum"]
@@ -560,7 +579,7 @@ def _render_mr(
     ang = np.deg2rad(rng.uniform(-1, 1, size=3) * site.mri_obliquity_deg)
     voxel = tuple(v * model.resolution for v in site.mri_voxel_mm)
     grid = make_grid(orientation=site.mri_orientation, voxel_mm=voxel, obliquity=rotation(*ang),
-                     world_points=_fov_points(template, warp), margin_mm=8.0)
+                     world_points=_fov_points(template, warp), margin_mm=5.0)
     smp = _Sampler(template, warp, grid, plan.lesion)
     les = smp.lesion_maps()
     repl = np.clip(sum(les[n] for n in COMPARTMENTS[:5]), 0, 1)
@@ -594,7 +613,6 @@ def _render_mr(
     }
     if plan.tacs["aggressive"] is plan.tacs["tumour"]:
         masks["aggressive"][:] = 0
-        masks["tumor"] = np.maximum(masks["tumor"], 0)
     return volumes, masks
 
 
