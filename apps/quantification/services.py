@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Iterable
 
 import numpy as np
+import pandas as pd
 from django.db import transaction
 
 from apps.cohorts.models import Exam, Mask, Volume
@@ -16,6 +17,7 @@ from ml.io.nifti import load_nifti, nifti_bytes
 from ml.quant import ROW_COLUMNS, QuantConfig, quantify_exam
 from ml.radiomics.table import SEPARATOR, exam_features
 
+FEATURE_SETS = ("parameters", "radiomics", "all")
 #: The CSV of ``manage.py quantify``: ids, then exactly the parameter columns of ml.quant.
 CSV_COLUMNS = ["site", "patient", "exam", *ROW_COLUMNS]
 PET_GRIDS = ("pet_static", "pet_dynamic")
@@ -162,3 +164,27 @@ def quantification_rows(exams: Iterable[Exam]) -> list[dict]:
         rows.append({"site": exam.patient.site.name, "patient": exam.patient.code, "exam": exam.code,
                      **{k: getattr(q, k) for k in ROW_COLUMNS}})
     return rows
+
+
+def feature_table(exams: Iterable[Exam], *, features: str = "parameters") -> pd.DataFrame:
+    """One row per quantified exam (index: exam pk), the clinical parameters and/or radiomics."""
+    if features not in FEATURE_SETS:
+        raise ValueError(f"features must be one of {FEATURE_SETS}, not {features!r}")
+    exams = list(exams)
+    quants = {q.exam_id: q for q in ExamQuantification.objects.filter(exam__in=exams)}
+    rows: dict[int, dict] = {}
+    for exam in exams:
+        q = quants.get(exam.pk)
+        if q is None:
+            continue
+        row: dict = {}
+        if features in ("parameters", "all"):
+            row.update({k: getattr(q, k) for k in ROW_COLUMNS})
+        rows[exam.pk] = row
+    if features in ("radiomics", "all"):
+        for r in RadiomicsFeatures.objects.filter(exam_id__in=rows):
+            rows[r.exam_id].update({f"{r.image_type}__{k}": v for k, v in r.features.items()})
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    numeric = [c for c in table.columns if c != "curve_class"]
+    table[numeric] = table[numeric].astype(float)
+    return table

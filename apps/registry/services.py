@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +11,12 @@ from django.db import transaction
 from django.db.models import Max
 
 from apps.accounts.models import Site
-from apps.cohorts.models import Cohort, Exam
+from apps.cohorts.models import Cohort
 from apps.cohorts.services.store import StoreTransaction, media_path
-from apps.quantification.models import ExamQuantification, RadiomicsFeatures
+from apps.quantification.services import feature_table
 from apps.registry.models import ModelVersion, Prediction
 from ml.classical import TrainedModel, predict_with_explanations, train_classical
-from ml.quant import ROW_COLUMNS
 
-FEATURE_SETS = ("parameters", "radiomics", "all")
 #: Which exams and which label each task uses.
 TASK_LABELS = {
     "progression": ("suspected_recurrence", lambda e: e.diagnosis if e.diagnosis != "unknown" else "n/a"),
@@ -29,30 +27,6 @@ TASK_LABELS = {
 
 class TrainingError(ValueError):
     """Training cannot start (no quantified exams, unknown cohort or site...)."""
-
-
-def feature_table(exams: Iterable[Exam], *, features: str = "parameters") -> pd.DataFrame:
-    """One row per quantified exam (index: exam pk), the clinical parameters and/or radiomics."""
-    if features not in FEATURE_SETS:
-        raise ValueError(f"features must be one of {FEATURE_SETS}, not {features!r}")
-    exams = list(exams)
-    quants = {q.exam_id: q for q in ExamQuantification.objects.filter(exam__in=exams)}
-    rows: dict[int, dict] = {}
-    for exam in exams:
-        q = quants.get(exam.pk)
-        if q is None:
-            continue
-        row: dict = {}
-        if features in ("parameters", "all"):
-            row.update({k: getattr(q, k) for k in ROW_COLUMNS})
-        rows[exam.pk] = row
-    if features in ("radiomics", "all"):
-        for r in RadiomicsFeatures.objects.filter(exam_id__in=rows):
-            rows[r.exam_id].update({f"{r.image_type}__{k}": v for k, v in r.features.items()})
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    numeric = [c for c in table.columns if c != "curve_class"]
-    table[numeric] = table[numeric].astype(float)
-    return table
 
 
 def _training_inputs(cohort: Cohort, task: str, features: str):

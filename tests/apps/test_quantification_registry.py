@@ -69,6 +69,16 @@ def test_quantify_command_writes_the_csv(one_subject, tmp_path):
     assert all(float(r["tbr_max"]) > 1.0 for r in rows)
     with pytest.raises(CommandError, match="no cohort named"):
         call_command("quantify", "--cohort", "nope")
+    with pytest.raises(CommandError, match="no radiomics features"):
+        call_command("quantify", "--cohort", "one", "--features-csv", str(tmp_path / "f.csv"), "--quiet",
+                     "--no-radiomics")
+    call_command("quantify", "--cohort", "one", "--timepoint", "initial_diagnosis",
+                 "--features-csv", str(tmp_path / "f.csv"), "--quiet")
+    table = pd.read_csv(tmp_path / "f.csv", index_col="exam")
+    assert len(table) == 1 and "pet_suv__original_firstorder_Maximum" in table.columns
+    # radiomics resample to 2 mm isotropic first (ml/radiomics/params.yaml): close to SUVmax, not equal
+    assert table["pet_suv__original_firstorder_Maximum"].iloc[0] == pytest.approx(
+        ExamQuantification.objects.get(exam__code="01").suv_max, rel=0.12)
 
 
 def test_quantify_without_tumour_mask_fails_clearly(one_subject):

@@ -5,7 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from apps.cohorts.models import Cohort, Exam, Timepoint
 from apps.jobs.cli import run_exam_jobs_inline
-from apps.quantification.services import CSV_COLUMNS, quantification_rows
+from apps.quantification.services import CSV_COLUMNS, feature_table, quantification_rows
 
 
 class Command(BaseCommand):
@@ -17,6 +17,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--cohort", help="only the exams of this cohort (default: every exam)")
         parser.add_argument("--csv", help="write the parameter table here ('-' for standard output)")
+        parser.add_argument("--features-csv", help="write the radiomics feature table (one row per exam) here")
         parser.add_argument("--timepoint", choices=Timepoint.values, help="only exams at this time point")
         parser.add_argument("--missing-only", action="store_true", help="skip exams already quantified")
         parser.add_argument("--no-radiomics", action="store_true", help="parameters only (faster)")
@@ -34,7 +35,7 @@ class Command(BaseCommand):
         if opts["missing_only"]:
             exams = exams.filter(quantification__isnull=True)
         ids = list(exams.values_list("pk", flat=True))
-        if not ids and not opts["csv"]:
+        if not ids and not (opts["csv"] or opts["features_csv"]):
             raise CommandError("no exam to quantify")
         if ids:
             from apps.jobs.services import job_run_inline
@@ -50,6 +51,15 @@ class Command(BaseCommand):
                 failed = run_exam_jobs_inline(self, ids, kinds=["quantify_exam"], quiet=opts["quiet"])
             if failed:
                 self.stderr.write(self.style.WARNING(f"{failed} exam(s) could not be quantified"))
+        if opts["features_csv"]:
+            table = feature_table(exams, features="radiomics")
+            if table.empty:
+                raise CommandError("no radiomics features stored for these exams (run without --no-radiomics)")
+            labels = {e.pk: (e.patient.site.name, e.patient.code, e.code) for e in exams.filter(pk__in=table.index)}
+            table.index = [f"{s}/{p}/{c}" for s, p, c in (labels[pk] for pk in table.index)]
+            table.to_csv(opts["features_csv"], index_label="exam")
+            self.stdout.write(self.style.SUCCESS(f"{table.shape[0]} exams x {table.shape[1]} features written to "
+                                                 f"{opts['features_csv']}"))
         if opts["csv"]:
             rows = quantification_rows(exams.filter(pk__in=ids).select_related("quantification")
                                        if ids else exams)
