@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ml.phantoms import calibration_report, generate_cohort  # noqa: E402
-from ml.phantoms.exam import _derived  # noqa: E402
+from ml.phantoms.exam import preload  # noqa: E402
 
 
 def _cpu() -> float:
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--keep", help="write here instead of a temporary folder")
     args = parser.parse_args()
     t0 = time.perf_counter()
-    _derived(2)
+    preload(2)
     t_template = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.keep) if args.keep else Path(tmp) / "cohort"

@@ -324,7 +324,7 @@ def calibration_cohort(
     import os
     from concurrent.futures import ProcessPoolExecutor
 
-    from ml.phantoms.exam import _derived
+    from ml.phantoms.exam import preload
 
     if n_patients < 2 or n_sites < 1:
         raise ValueError(f"need n_patients >= 2 and n_sites >= 1, got {n_patients}, {n_sites}")
@@ -333,7 +333,7 @@ def calibration_cohort(
     if n_workers == 1:
         rows = [m for job in jobs for m in _pet_only_job(job)]
     else:
-        _derived(2)
+        preload(2)
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
         with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
             rows = [m for ms in pool.map(_pet_only_job, jobs) for m in ms]

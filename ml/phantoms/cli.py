@@ -33,15 +33,28 @@ def add_cohort_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def text_progress(stream: TextIO) -> Callable[[int, int], None]:
-    """A progress callback printing ``done/total`` patients with elapsed time on ``stream``."""
+    """A progress callback: a redrawn bar on a terminal, else one line per tenth of the patients.
+
+    Every line written to a non-terminal ends with a newline, so Django's ``OutputWrapper`` (which
+    appends one otherwise) prints it unchanged.
+    """
     start = time.monotonic()
+    tty = bool(getattr(stream, "isatty", lambda: False)())
+    last = [-1]
 
     def report(done: int, total: int) -> None:
         width = 30
         filled = int(width * done / total)
         elapsed = time.monotonic() - start
-        end = "\n" if done == total else ""
-        stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} patients  {elapsed:5.1f} s{end}")
+        text = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} patients  {elapsed:5.1f} s"
+        if tty:
+            stream.write("\r" + text + ("\n" if done == total else ""))
+        else:
+            tenth = int(10 * done / total)
+            if tenth == last[0] and done != total:
+                return
+            last[0] = tenth
+            stream.write(text + "\n")
         stream.flush()
 
     return report

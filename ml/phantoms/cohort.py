@@ -22,7 +22,7 @@ from ml.phantoms.bids import (
     write_dataset_files,
     write_exam,
 )
-from ml.phantoms.exam import TIMEPOINTS, draw_patient, render_exam
+from ml.phantoms.exam import TIMEPOINTS, draw_patient, preload, render_exam
 from ml.phantoms.sites import SITES
 
 __all__ = ["CohortSummary", "generate_cohort", "GENERATOR_VERSION"]
@@ -78,12 +78,6 @@ def _patient_job(args: tuple[Path, int, int, int, int, int]) -> dict[str, Any]:
             "idh_mutant": model.labels.idh == "mutant"}
 
 
-def _warm(resolution: int) -> None:
-    from ml.phantoms.exam import _derived
-
-    _derived(resolution)
-
-
 def generate_cohort(
     out_dir: str | os.PathLike[str],
     *,
@@ -136,7 +130,7 @@ def generate_cohort(
             if progress:
                 progress(k + 1, n_patients)
     else:
-        _warm(resolution)  # load the template once; forked workers inherit it
+        preload(resolution)  # load the template once; forked workers inherit it
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
         with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
             for k, res in enumerate(pool.map(_patient_job, jobs, chunksize=1)):

@@ -46,6 +46,7 @@ __all__ = [
     "draw_patient",
     "render_exam",
     "make_exam",
+    "preload",
 ]
 
 TIMEPOINTS = ("initial_diagnosis", "suspected_recurrence")
@@ -377,6 +378,12 @@ def _derived(resolution: int) -> _Derived:
         support=ndi.binary_dilation((t.brain + t.head) > 0, iterations=2).astype(np.float32),
         brain_corners_mm=t.mm(corners).T,
     )
+
+
+def preload(resolution: int = 2) -> None:
+    """Load the template and its derived maps into this process's cache (call before forking
+    workers so that they share it)."""
+    _derived(resolution)
 
 
 class _Sampler:
