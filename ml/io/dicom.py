@@ -20,12 +20,11 @@ Every unusable input raises :class:`ml.io.errors.ImageFormatError` naming the fi
 from __future__ import annotations
 
 import os
-import stat
 import tempfile
 import zipfile
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import nibabel as nib
@@ -34,6 +33,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from ml.io.archive import safe_extract
 from ml.io.deid import clean_metadata
 from ml.io.errors import ImageFormatError
 from ml.quant.suv import SuvHeaderError, parse_dicom_datetime, suv_factors_from_dicom
@@ -115,56 +115,17 @@ def _is_skippable(name: str) -> bool:
     )
 
 
-def _unsafe_entry(name: str) -> str | None:
-    """Why a zip entry name is unsafe to extract, or None."""
-    normalised = name.replace("\\", "/")
-    if normalised.startswith("/") or (len(normalised) > 1 and normalised[1] == ":"):
-        return f"zip entry {name!r} has an absolute path"
-    if ".." in PurePosixPath(normalised).parts:
-        return f"zip entry {name!r} points outside the archive ('..')"
-    return None
-
-
 def _extract_zip(archive: Path, dest: Path, max_bytes: int) -> list[tuple[Path, str]]:
-    """Safely extract a zip into ``dest``; returns (extracted path, display name) pairs."""
-    try:
-        zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ImageFormatError(archive, f"not a readable zip archive ({exc})") from exc
-    files: list[tuple[Path, str]] = []
-    with zf:
-        infos = zf.infolist()
-        for info in infos:
-            reason = _unsafe_entry(info.filename)
-            if reason:
-                raise ImageFormatError(archive, reason)
-            if stat.S_ISLNK(info.external_attr >> 16):
-                raise ImageFormatError(archive, f"zip entry {info.filename!r} is a symbolic link")
-        declared = sum(info.file_size for info in infos)
-        if declared > max_bytes:
-            raise ImageFormatError(
-                archive, f"zip expands to {declared} bytes, more than the {max_bytes}-byte limit"
-            )
-        total = 0
-        for n, info in enumerate(infos):
-            if info.is_dir() or _is_skippable(info.filename):
-                continue
-            target = dest / f"{n:06d}"
-            try:
-                with zf.open(info) as src, open(target, "wb") as out:
-                    while chunk := src.read(1 << 20):
-                        total += len(chunk)
-                        # Declared sizes can lie: count what really comes out.
-                        if total > max_bytes:
-                            raise ImageFormatError(
-                                archive,
-                                f"zip expands to more than the {max_bytes}-byte limit "
-                                f"(while extracting {info.filename!r})",
-                            )
-                        out.write(chunk)
-            except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
-                raise ImageFormatError(archive, f"zip entry {info.filename!r} is unreadable ({exc})") from exc
-            files.append((target, f"{archive}!{info.filename}"))
+    """Safely extract a zip (ml.io.archive); returns (extracted path, display name) pairs."""
+    safe_extract(archive, dest, max_bytes=max_bytes)
+    files = []
+    for root, dirs, names in os.walk(dest):
+        dirs.sort()
+        for name in sorted(names):
+            full = Path(root) / name
+            rel = full.relative_to(dest).as_posix()
+            if not _is_skippable(rel):
+                files.append((full, f"{archive}!{rel}"))
     return files
 
 
