@@ -10,7 +10,7 @@ DEMO_PATIENTS ?= 24
 DEMO_SITES ?= 3
 PORT ?= 8000
 
-.PHONY: demo test install frontend migrate lint demo-data serve worker clean-demo
+.PHONY: demo test install frontend migrate lint demo-data serve worker clean-demo bench
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "Python 3.11 is needed ($(PY) not found)"; exit 1; }
@@ -52,6 +52,10 @@ test: install frontend
 	$(PYTHON) manage.py check
 	$(PYTHON) manage.py makemigrations --check --dry-run
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: install
+	$(PYTHON) bench/bench_mrmc.py
+	$(PYTHON) bench/bench_phantoms.py --calibration
 
 clean-demo:
 	rm -rf var/demo var/aminopet.sqlite3 var/media var/broker

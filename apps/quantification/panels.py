@@ -3,10 +3,23 @@ from django.urls import reverse
 
 from apps.cohorts.models import Mask
 
+MRI_BASES = ("t1c", "t1", "flair", "t2")  # the base image under the PET, by preference
+
+
+def _pet_window(pet, quant) -> dict:
+    """Window the fused PET from TBR 1.6 (the biological tumour volume threshold) to SUVmax, in the
+    stored units, so healthy brain stays uncoloured; NiiVue's own min/max otherwise."""
+    background = (quant.config.get("static") or {}).get("background_mean") if quant else None
+    if not background or quant.suv_max <= 0:
+        return {}
+    per_suv = 1.0 / pet.suv_factor if pet.units == "Bq/mL" and pet.suv_factor else 1.0
+    return {"cal_min": round(1.6 * background * per_suv, 4), "cal_max": round(quant.suv_max * per_suv, 4)}
+
 
 def quantification_panel(exam, user) -> dict | None:
     quant = getattr(exam, "quantification", None)
-    base = exam.volumes.filter(space="native", kind__in=["t1c", "t1", "flair"]).order_by("kind").first()
+    mri = {v.kind: v for v in exam.volumes.filter(space="native", kind__in=MRI_BASES)}
+    base = next((mri[k] for k in MRI_BASES if k in mri), None)
     pet = exam.volumes.filter(space="native", kind="pet_static").first()
     viewer = None
     if pet is not None:
@@ -14,8 +27,8 @@ def quantification_panel(exam, user) -> dict | None:
         if base is not None:
             volumes.append({"url": reverse("cohorts:volume-file", args=[base.pk]), "name": base.kind,
                             "filename": f"{base.kind}.nii.gz", "colormap": "gray"})
-        volumes.append({"url": reverse("cohorts:volume-file", args=[pet.pk]), "name": "PET (Bq/mL)",
-                        "filename": "pet.nii.gz", "colormap": "warm", "opacity": 0.6})
+        volumes.append({"url": reverse("cohorts:volume-file", args=[pet.pk]), "name": f"PET ({pet.units})",
+                        "filename": "pet.nii.gz", "colormap": "warm", "opacity": 0.6, **_pet_window(pet, quant)})
         overlays = []
         tumor = Mask.objects.filter(exam=exam, kind="tumor", space="native", grid=pet).first()
         if tumor is not None:
