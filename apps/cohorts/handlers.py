@@ -7,6 +7,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
+from django.urls import reverse
 
 from apps.cohorts.models import Exam
 from apps.cohorts.services.bids import bids_import
@@ -14,6 +15,14 @@ from apps.cohorts.services.prepare import exam_prepare
 from apps.jobs.models import Job
 from apps.jobs.services import Progress, handler_kinds, job_handler, job_submit
 from ml.io.archive import safe_extract, single_root
+
+
+def exam_links(exam_ids: list[int], *, limit: int = 30) -> list[dict]:
+    """Links a finished job shows (the jobs app knows no other app's URLs)."""
+    links = [{"label": f"Exam {pk}", "url": reverse("cohorts:exam", args=[pk])} for pk in exam_ids[:limit]]
+    if len(exam_ids) > limit:
+        links.append({"label": "All sites", "url": reverse("cohorts:sites")})
+    return links
 
 
 def _user(job: Job):
@@ -53,7 +62,7 @@ def handle_import_bids(job: Job, progress: Progress) -> dict:
         shutil.rmtree(workdir, ignore_errors=True)
     if job.params.get("prepare", True):
         transaction.on_commit(lambda: queue_after_import(report.new_exam_ids, user=_user(job)))
-    return report.to_dict()
+    return report.to_dict() | {"links": exam_links(report.new_exam_ids)}
 
 
 @job_handler("import_dicom")
@@ -70,12 +79,12 @@ def handle_import_dicom(job: Job, progress: Progress) -> dict:
         shutil.rmtree(workdir, ignore_errors=True)
     if prepare:
         transaction.on_commit(lambda: queue_after_import(report["new_exam_ids"], user=_user(job)))
-    return report
+    return report | {"links": exam_links([report["exam"]])}
 
 
 @job_handler("prepare_exam")
 def handle_prepare_exam(job: Job, progress: Progress) -> dict:
     exam = Exam.objects.get(pk=job.params["exam"])
-    return exam_prepare(exam=exam, progress=progress)
+    return exam_prepare(exam=exam, progress=progress) | {"links": exam_links([exam.pk])}
 
 

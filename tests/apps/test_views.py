@@ -54,7 +54,8 @@ def test_upload_page_imports_and_shows_thumbnails(client, coordinator, one_subje
     assert job.status == "succeeded", job.error
     assert job.created_by == coordinator and job.progress == 100
     page = client.get(response.url).content.decode()
-    assert "succeeded" in page and "New exams" in page
+    exam_url = reverse("cohorts:exam", args=[Exam.objects.order_by("pk").first().pk])
+    assert "succeeded" in page and f"href=\"{exam_url}\"" in page
     exam = Exam.objects.first()
     html = client.get(reverse("cohorts:exam", args=[exam.pk])).content.decode()
     native = Volume.objects.filter(exam=exam, space="native")
