@@ -44,6 +44,7 @@ def test_import_creates_everything_with_labels(generated_bids, settings):
         cols = row.split("\t")
         p = Patient.objects.get(code=cols[0][4:], site__name=cols[1])
         assert p.idh == cols[4] and (p.who_grade == int(cols[8]))
+    assert set(exams.values_list("tracer", flat=True)) == {"FDOPA"}  # from the PET sidecar's TracerName
     recurrence = exams.filter(timepoint="suspected_recurrence")
     assert set(recurrence.values_list("diagnosis", flat=True)) <= {"progression", "treatment_related"}
     assert not recurrence.filter(diagnosis_basis="unknown").exists()

@@ -182,7 +182,10 @@ def _check_labels(subject: BidsSubject, patient: Patient | None) -> dict:
 
 
 def _check_session(session: BidsSession, exam: Exam | None, where: str) -> dict:
+    pet = next((img for img in session.images if img.kind.startswith("pet")), None)
+    tracer = (pet.sidecar.get("TracerName") or pet.entities.get("trc")) if pet else None
     values = {
+        "tracer": str(tracer or "FDOPA")[:16],
         "timepoint": session.timepoint,
         "day": session.day or 0,
         "diagnosis": session.diagnosis or "unknown",

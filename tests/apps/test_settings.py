@@ -1,0 +1,37 @@
+"""Settings from the environment: secure defaults with DEBUG off, embedded defaults without URLs."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _manage(*args: str, **env: str) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "DEBUG")}
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=base | env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_check_deploy_is_clean_with_debug_off(tmp_path):
+    result = _manage("check", "--deploy", "--fail-level", "WARNING", DEBUG="0",
+                     SECRET_KEY="x9" * 40 + "-not-a-real-key", AMINOPET_VAR_DIR=str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_embedded_defaults_need_no_server(tmp_path):
+    code = ("from django.conf import settings as s; "
+            "print(s.DATABASES['default']['ENGINE'], s.CELERY_BROKER_URL, s.MEDIA_ROOT)")
+    result = _manage("shell", "--no-imports", "-c", code, AMINOPET_VAR_DIR=str(tmp_path))
+    engine, broker, media = result.stdout.split()
+    assert engine.endswith("sqlite3") and broker == "filesystem://" and media == str(tmp_path / "media")
+    assert (tmp_path / "secret_key").exists() and (tmp_path / "broker" / "out").is_dir()
+
+
+def test_urls_select_postgres_and_redis(tmp_path):
+    code = "from django.conf import settings as s; print(s.DATABASES['default']['ENGINE'], s.CELERY_BROKER_URL)"
+    result = _manage("shell", "--no-imports", "-c", code, AMINOPET_VAR_DIR=str(tmp_path),
+                     DATABASE_URL="postgres://u@db.example:5432/x", CELERY_BROKER_URL="redis://cache:6379/0")
+    assert result.stdout.split() == ["django.db.backends.postgresql", "redis://cache:6379/0"]
