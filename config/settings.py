@@ -5,6 +5,7 @@ Set DATABASE_URL (postgres://...) and CELERY_BROKER_URL (redis://...) for Postgr
 """
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -98,8 +99,9 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # WAL lets the worker and the web server write without "database is locked".
     DATABASES["default"].setdefault("OPTIONS", {})
     DATABASES["default"]["OPTIONS"].update({"timeout": 30, "init_command": "PRAGMA journal_mode=WAL;"})
-    # A file, not memory, so a real Celery worker process can share the test database.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test_aminopet.sqlite3")}
+    # A file, not memory, so a real Celery worker process can share the test database; one per
+    # test process, so two test runs on one machine do not destroy each other's database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test_aminopet_{os.getpid()}.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
