@@ -15,7 +15,8 @@ from apps.cohorts.services.prepare import exam_prepare
 from apps.quantification.services import exam_quantify
 from tests.factories import SiteFactory, user_with
 
-# Playwright's sync API keeps an event loop in this thread; the ORM calls here are synchronous.
+# Playwright's sync API keeps an event loop in this thread (from the session-scoped browser on), and
+# the ORM calls of this test are synchronous; set for the whole process, as early as collection.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
