@@ -57,6 +57,7 @@ INSTALLED_APPS = [
     "apps.jobs",
     "apps.quantification",
     "apps.registry",
+    "apps.audit",
     "reader_study",
     "apps.demo",
 ]
@@ -102,6 +103,9 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, not memory, so a real Celery worker process can share the test database; one per
     # test process, so two test runs on one machine do not destroy each other's database.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test_aminopet_{os.getpid()}.sqlite3")}
+else:
+    # One test database per test process here too (a demo, CI and a developer's run can share a server).
+    DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
