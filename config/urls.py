@@ -12,6 +12,7 @@ urlpatterns = [
     path("jobs/", include("apps.jobs.urls")),
     path("quantification/", include("apps.quantification.urls")),
     path("models/", include("apps.registry.urls")),
+    path("studies/", include("reader_study.urls")),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
