@@ -13,6 +13,7 @@ urlpatterns = [
     path("quantification/", include("apps.quantification.urls")),
     path("models/", include("apps.registry.urls")),
     path("studies/", include("reader_study.urls")),
+    path("audit/", include("apps.audit.urls")),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

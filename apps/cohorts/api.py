@@ -4,7 +4,7 @@ from rest_framework import mixins, parsers, status, viewsets
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.accounts.permissions import DATA_ROLES, MANAGE_ROLES, RolePermission, can_manage_site
+from apps.accounts.permissions import DATA_ROLES, MANAGE_ROLES, RolePermission
 from apps.cohorts import selectors
 from apps.cohorts.serializers import (
     BidsImportSerializer,
@@ -15,6 +15,7 @@ from apps.cohorts.serializers import (
     SiteSerializer,
     VolumeSerializer,
 )
+from apps.cohorts.services.qc import volume_qc_set
 from apps.cohorts.services.uploads import import_submit
 from apps.jobs.serializers import JobSerializer
 
@@ -53,9 +54,11 @@ class VolumeViewSet(mixins.RetrieveModelMixin, mixins.UpdateModelMixin, _Scoped)
     http_method_names = ["get", "patch", "head", "options"]
 
     def perform_update(self, serializer):
-        if not can_manage_site(self.request.user, serializer.instance.exam.patient.site):
-            raise PermissionError("you are not a coordinator of this volume's site")
-        serializer.save()
+        volume, data = serializer.instance, serializer.validated_data
+        serializer.instance = volume_qc_set(
+            volume=volume, status=data.get("qc_status", volume.qc_status),
+            note=data.get("qc_note", volume.qc_note), user=self.request.user, request=self.request,
+        )
 
 
 class CohortViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _Scoped):

@@ -177,6 +177,11 @@ class Volume(models.Model):
     metadata = models.JSONField(default=dict, blank=True)
     qc_status = models.CharField(max_length=8, choices=QcStatus.choices, default=QcStatus.PENDING)
     qc_note = models.CharField(max_length=500, blank=True)
+    qc_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="Who set the QC status last (the audit trail keeps every change)",
+    )
+    qc_at = models.DateTimeField(null=True, blank=True, help_text="When the QC status was set last")
     thumbnail = models.ImageField(max_length=255, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

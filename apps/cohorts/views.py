@@ -14,9 +14,11 @@ from apps.accounts.permissions import (
     can_manage_site,
     sites_for,
 )
+from apps.audit.services import audit_record
 from apps.cohorts import selectors
 from apps.cohorts.forms import BidsUploadForm, DicomUploadForm, QcForm
 from apps.cohorts.panels import exam_panels
+from apps.cohorts.services.qc import volume_qc_set
 from apps.cohorts.services.store import media_path
 from apps.cohorts.services.uploads import import_submit
 
@@ -66,6 +68,11 @@ class ExamDetailView(RoleRequiredMixin, DetailView):
     def get_queryset(self):
         return selectors.exams_visible(self.request.user)
 
+    def get(self, request, *args, **kwargs):
+        response = super().get(request, *args, **kwargs)
+        audit_record(action="exam.view", target=self.object, site=self.object.patient.site_id, request=request)
+        return response
+
     def get_context_data(self, **kwargs):
         ctx = super().get_context_data(**kwargs)
         vols = list(self.object.volumes.all())
@@ -90,7 +97,8 @@ class VolumeQcView(RoleRequiredMixin, View):
             raise Http404
         form = QcForm(request.POST, instance=volume)
         if form.is_valid():
-            form.save()
+            volume = volume_qc_set(volume=volume, status=form.cleaned_data["qc_status"],
+                                   note=form.cleaned_data["qc_note"], user=request.user, request=request)
             messages.success(request, f"QC of {volume.kind} set to {volume.qc_status}.")
         else:
             messages.error(request, f"QC not changed: {form.errors.as_text()}")
@@ -108,6 +116,8 @@ class VolumeFileView(RoleRequiredMixin, View):
         field = getattr(volume, self.what)
         if not field:
             raise Http404("no such file")
+        if self.what == "file":
+            audit_record(action="volume.download", target=volume, site=volume.exam.patient.site_id, request=request)
         return FileResponse(open(media_path(field.name), "rb"), filename=field.name.rsplit("/", 1)[-1])
 
 
@@ -115,7 +125,8 @@ class MaskFileView(RoleRequiredMixin, View):
     required_roles = DATA_ROLES
 
     def get(self, request, pk):
-        mask = get_object_or_404(selectors.masks_visible(request.user), pk=pk)
+        mask = get_object_or_404(selectors.masks_visible(request.user).select_related("exam__patient"), pk=pk)
+        audit_record(action="mask.download", target=mask, site=mask.exam.patient.site_id, request=request)
         return FileResponse(open(media_path(mask.file.name), "rb"), filename=mask.file.name.rsplit("/", 1)[-1])
 
 

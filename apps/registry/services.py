@@ -11,6 +11,7 @@ from django.db import transaction
 from django.db.models import Max
 
 from apps.accounts.models import Site
+from apps.audit.services import audit_record
 from apps.cohorts.models import Cohort
 from apps.cohorts.services.store import StoreTransaction, media_path
 from apps.quantification.services import feature_table
@@ -77,7 +78,7 @@ def classical_train(
         with transaction.atomic():
             version = (ModelVersion.objects.select_for_update().filter(name=name)
                        .aggregate(v=Max("version"))["v"] or 0) + 1
-            return ModelVersion.objects.create(
+            mv = ModelVersion.objects.create(
                 name=name, version=version, task=task,
                 family="rule" if algorithm == "threshold" else "classical", algorithm=algorithm,
                 config=summary["config"] | {"features_set": features, "cohort": cohort},
@@ -87,14 +88,22 @@ def classical_train(
                 features=list(result.model.feature_names), training_cohort=cohort_obj,
                 external_site=site_obj, artifact=artifact, plots=plots, created_by=user,
             )
+            audit_record(action="model.register", actor=user, target=mv,
+                         details={"cohort": cohort, "algorithm": algorithm, "features": features,
+                                  "artifact_sha256": Path(artifact).stem})
+            return mv
     except BaseException:
         store.rollback()
         raise
 
 
-def predictions_make(*, model_version: ModelVersion, cohort: str,
+def predictions_make(*, model_version: ModelVersion, cohort: str, user=None,
                      progress: Callable[[float, str], None] | None = None) -> int:
-    """Predict every quantified exam of the cohort (the task's time point); idempotent."""
+    """Predict every quantified exam of the cohort (the task's time point); idempotent.
+
+    A prediction that already exists and comes out different (new quantification) is updated and
+    the change, old and new probability, is recorded in the audit trail: never silently changed.
+    """
     report = progress or (lambda pct, msg="": None)
     cohort_obj = Cohort.objects.filter(name=cohort).first()
     if cohort_obj is None:
@@ -107,15 +116,25 @@ def predictions_make(*, model_version: ModelVersion, cohort: str,
     model = TrainedModel.load(media_path(model_version.artifact.name))
     report(30, f"Predicting {len(table)} exams")
     predictions = predict_with_explanations(model, table)
+    changed, created = [], 0
     with transaction.atomic():
+        existing = {pr.exam_id: pr for pr in Prediction.objects.select_for_update()
+                    .filter(model_version=model_version, exam_id__in=[int(p.case) for p in predictions])}
         for p in predictions:
             d = p.to_dict()
+            old = existing.get(int(p.case))
+            if old is None:
+                created += 1
+            elif abs(old.probability - p.probability) > 1e-12 or old.decision != p.decision:
+                changed.append({"exam": old.exam_id, "before": old.probability, "after": p.probability})
             Prediction.objects.update_or_create(
                 model_version=model_version, exam_id=int(p.case),
                 defaults={"probability": p.probability, "decision": p.decision, "label": p.label,
                           "threshold": p.threshold,
                           "explanation": {k: d[k] for k in ("base_value", "output", "contributions")}},
             )
+        audit_record(action="predictions.make", actor=user, target=model_version,
+                     details={"cohort": cohort, "n": len(predictions), "created": created, "changed": changed})
     return len(predictions)
 
 

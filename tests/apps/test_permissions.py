@@ -93,6 +93,7 @@ CASES = [
     ("api:model-detail", {"pk": "model.pk"}, "get", API_MODEL),
     ("api:prediction-list", {}, "get", API_DATA_LIST),
     ("api:prediction-detail", {"pk": "prediction.pk"}, "get", API_DATA_DETAIL),
+    ("audit:list", {}, "get", _expect(403, anon=302, coordinator=200, coord_other=200, admin=200)),
     ("admin:index", {}, "get", _expect(302, admin=200)),
     ("schema", {}, "get", _expect(200, anon=403)),
     ("api-docs", {}, "get", _expect(200, anon=403)),

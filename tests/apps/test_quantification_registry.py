@@ -8,8 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from django.core.management import CommandError, call_command
+from django.db.models import F
 from django.urls import reverse
 
+from apps.audit.models import AuditEvent
 from apps.cohorts.models import Exam
 from apps.cohorts.services.bids import bids_import
 from apps.quantification.models import ExamQuantification, RadiomicsFeatures
@@ -130,6 +132,17 @@ def test_train_register_predict(training_bids, client):
     p = preds.first()
     assert 0 <= p.probability <= 1 and p.decision == (p.probability >= p.threshold)
     assert p.explanation["contributions"] and p.explanation["contributions"][0]["feature"] in mv.features
+    # registrations and predictions are in the audit trail; a prediction that changes is never silent
+    assert AuditEvent.objects.filter(action="model.register").count() == 2
+    made = AuditEvent.objects.get(action="predictions.make")
+    assert made.details["created"] == preds.count() and made.details["changed"] == []
+    changed_exam = preds.order_by("probability").first().exam_id
+    ExamQuantification.objects.filter(exam_id=changed_exam).update(ts_max=F("ts_max") * 4, tbr_max=F("tbr_max") * 4)
+    call_command("predict", "--model", str(mv.pk), "--cohort", "train", "--quiet")
+    again = AuditEvent.objects.filter(action="predictions.make").latest("id")
+    assert again.details["created"] == 0
+    assert [c["exam"] for c in again.details["changed"]] == [changed_exam]
+    assert again.details["changed"][0]["after"] == Prediction.objects.get(model_version=mv, exam_id=changed_exam).probability
 
     researcher = user_with("researcher", SiteFactory(name=sites[0]))
     client.force_login(researcher)
