@@ -1,7 +1,8 @@
 """Template context: the user's roles, for the navigation."""
-from apps.accounts.permissions import user_roles
+from apps.accounts.permissions import is_admin, user_roles
 
 
 def roles(request) -> dict:
-    held = user_roles(request.user) if hasattr(request, "user") else set()
-    return {"user_roles": held, "is_admin_user": "admin" in held}
+    """``user_roles`` (site admins hold every role), ``is_admin_user`` (platform-wide: superusers)."""
+    user = getattr(request, "user", None)
+    return {"user_roles": user_roles(user), "is_admin_user": is_admin(user)}

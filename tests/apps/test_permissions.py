@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
+from apps.accounts.models import Membership
 from tests.factories import (
     CohortFactory,
     ExamFactory,
@@ -20,7 +21,15 @@ from tests.factories import (
     user_with,
 )
 
-ROLES = ["anon", "norole", "reader", "coordinator", "coord_other", "statistician", "researcher", "researcher_other", "admin"]
+ROLES = ["anon", "norole", "reader", "coordinator", "coord_other", "statistician", "researcher", "researcher_other", "admin",
+         "admin_site"]
+
+
+def _site_admin(site):
+    """An ``admin`` membership at one site: every role there, nothing elsewhere (not a superuser)."""
+    user = user_with(None)
+    Membership.objects.create(user=user, site=site, role="admin")
+    return user
 
 
 @pytest.fixture
@@ -40,6 +49,8 @@ def world(db):
         "researcher": user_with("researcher", home),
         "researcher_other": user_with("researcher", other),
         "admin": user_with("admin"),
+        "admin_site": _site_admin(home),
+        "admin_other": _site_admin(other),
     }
     job = JobFactory(site=home, created_by=users["coordinator"])
     ExamQuantificationFactory(exam=exam)
@@ -49,6 +60,8 @@ def world(db):
 
 
 def _expect(default, **per_role):
+    """Status per role; ``admin_site`` (admin at the objects' site) expects what ``admin`` does unless given."""
+    per_role.setdefault("admin_site", per_role.get("admin", default))
     return {role: per_role.get(role, default) for role in ROLES}
 
 
@@ -94,7 +107,7 @@ CASES = [
     ("api:prediction-list", {}, "get", API_DATA_LIST),
     ("api:prediction-detail", {"pk": "prediction.pk"}, "get", API_DATA_DETAIL),
     ("audit:list", {}, "get", _expect(403, anon=302, coordinator=200, coord_other=200, admin=200)),
-    ("admin:index", {}, "get", _expect(302, admin=200)),
+    ("admin:index", {}, "get", _expect(302, admin=200, admin_site=302)),
     ("schema", {}, "get", _expect(200, anon=403)),
     ("api-docs", {}, "get", _expect(200, anon=403)),
     ("api:api-root", {}, "get", _expect(200, anon=403)),
@@ -145,6 +158,21 @@ def test_status_for_role(client, world, role, name, kwargs, method, expected):
     else:
         response = client.get(url)
     assert response.status_code == expected[role], (name, role, response.status_code)
+
+
+@pytest.mark.parametrize("name,kwargs,method,expected", [c for c in CASES if c[3]["coord_other"] == 404],
+                         ids=[f"{c[0]}-{c[2]}" for c in CASES if c[3]["coord_other"] == 404])
+def test_site_admin_of_another_site_gets_404(client, world, name, kwargs, method, expected):
+    """An ``admin`` membership at the other site reaches none of this site's objects (issue 8, item 4)."""
+    client.force_login(world["users"]["admin_other"])
+    url = reverse(name, kwargs={k: _resolve(world, v) for k, v in kwargs.items()})
+    if method == "post":
+        response = client.post(url, {"qc_status": "pass", "qc_note": "ok"} if "qc" in name else {})
+    elif method == "patch":
+        response = client.patch(url, {"qc_status": "fail"}, content_type="application/json")
+    else:
+        response = client.get(url)
+    assert response.status_code == 404, (name, response.status_code)
 
 
 def _all_names(resolver: URLResolver, prefix: str = "") -> set[str]:
