@@ -29,6 +29,11 @@ class ExamQuantification(models.Model):
     ttp_map = models.FileField(max_length=255, blank=True, help_text="NIfTI on the static PET grid")
     slope_map = models.FileField(max_length=255, blank=True)
     tac_plot = models.FileField(max_length=255, blank=True)
+    lesion_mm = models.JSONField(
+        null=True, blank=True,
+        help_text="World position [x, y, z] (mm, RAS) of the tumour SUVmax voxel on the static PET grid; "
+                  "where the viewer opens",
+    )
     computed_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -64,6 +64,22 @@ def _tac_plot(tacs: dict) -> bytes:
     return buf.getvalue()
 
 
+def lesion_position_mm(suv: np.ndarray, tumor: np.ndarray, affine: np.ndarray) -> list[float]:
+    """World position (mm, RAS) of the tumour's SUVmax voxel: where the viewer opens.
+
+    The first voxel in C order wins a tie, as ``np.argmax`` does, so the position is reproducible.
+
+    Raises:
+        QuantificationError: the tumour mask is empty or does not match the PET grid.
+    """
+    if tumor.shape != suv.shape[:3] or not tumor.any():
+        raise QuantificationError(f"tumour mask {tumor.shape} is empty or not on the PET grid {suv.shape[:3]}")
+    masked = np.where(tumor, suv, -np.inf)
+    ijk = np.unravel_index(int(np.argmax(masked)), masked.shape)
+    xyz = np.asarray(affine, dtype=np.float64) @ np.array([*ijk, 1.0])
+    return [round(float(v), 3) for v in xyz[:3]]
+
+
 def _finite(value) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
@@ -110,6 +126,7 @@ def exam_quantify(
     )
     summary = result.to_dict()
     row = summary["row"]
+    lesion_mm = lesion_position_mm(suv, tumor, affine)
     features: dict[str, dict[str, float]] = {}
     if radiomics:
         report(60, "Radiomics")
@@ -143,6 +160,7 @@ def exam_quantify(
                     "tacs": summary["tacs"], "config": summary["config"] | {"static": summary["static"]},
                     "ttp_map": files.get("ttp_map", ""), "slope_map": files.get("slope_map", ""),
                     "tac_plot": files.get("tac_plot", ""),
+                    "lesion_mm": lesion_mm,
                 },
             )
             for image_type, values in features.items():

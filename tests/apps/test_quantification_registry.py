@@ -49,7 +49,11 @@ def test_quantify_matches_the_library_on_the_bids_files(one_subject, settings):
     assert quant.curve_class == ref["curve_class"]
     assert set(quant.tacs) >= {"tumor", "background", "striatum"} and quant.ttp_map and quant.tac_plot
     assert RadiomicsFeatures.objects.filter(exam=exam, image_type="pet_suv").exists()
-    # the exam page shows the table, the TAC plot and the viewer with the parametric maps
+    # the exam page shows the table, the TAC plot and the viewer with the parametric maps (on the
+    # common grid, so once the exam is prepared)
+    from apps.cohorts.services.prepare import exam_prepare
+
+    exam_prepare(exam=exam)
     client_user = user_with("coordinator", exam.patient.site)
     from django.test import Client
 
