@@ -3,6 +3,7 @@ from rest_framework import serializers
 
 from apps.accounts.models import Site
 from apps.cohorts.models import Cohort, Exam, Mask, Patient, Timepoint, Volume
+from apps.cohorts.selectors import exams_visible
 
 
 class SiteSerializer(serializers.ModelSerializer):
@@ -61,11 +62,17 @@ class ExamSerializer(serializers.ModelSerializer):
 
 
 class CohortSerializer(serializers.ModelSerializer):
-    exams = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    exams = serializers.SerializerMethodField(help_text="Ids of the cohort's exams at the sites where the user holds a data role")
 
     class Meta:
         model = Cohort
         fields = ["id", "name", "purpose", "description", "exams"]
+
+    def get_exams(self, obj) -> list[int]:
+        # A cohort spans sites; its exam ids follow the exams' site scoping like every exam read.
+        user = getattr(self.context.get("request"), "user", None)
+        visible = exams_visible(user).prefetch_related(None).filter(cohorts=obj)
+        return list(visible.order_by("pk").values_list("pk", flat=True))
 
 
 class BidsImportSerializer(serializers.Serializer):

@@ -1,17 +1,27 @@
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.registry.models import ModelVersion, Prediction
+from apps.registry.selectors import model_metrics_visible
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):
-    training_cohort = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    external_site = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    training_cohort = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
+    external_site = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
+    metrics = serializers.SerializerMethodField(
+        help_text="CV and external-site metrics with 95% CIs; per-case rows (cases, y_true, prob, "
+                  "thresholds) only for exams of the sites where the user holds a data role")
 
     class Meta:
         model = ModelVersion
         fields = ["id", "name", "version", "task", "family", "algorithm", "threshold", "features", "config",
                   "metrics", "training_cohort", "external_site", "plots", "created_at"]
         read_only_fields = fields
+
+    @extend_schema_field({"type": "object", "additionalProperties": True})
+    def get_metrics(self, obj) -> dict:
+        request = self.context.get("request")
+        return model_metrics_visible(getattr(request, "user", None), obj)
 
 
 class PredictionSerializer(serializers.ModelSerializer):

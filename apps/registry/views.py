@@ -6,6 +6,7 @@ from django.views.generic import DetailView, ListView
 from apps.accounts.permissions import MODEL_ROLES, RoleRequiredMixin
 from apps.cohorts.services.store import media_path
 from apps.registry.models import ModelVersion
+from apps.registry.selectors import model_metrics_visible
 
 METRIC_ORDER = ["auc", "accuracy", "sensitivity", "specificity", "ppv", "npv"]
 
@@ -25,16 +26,18 @@ class ModelDetailView(RoleRequiredMixin, DetailView):
 
     def get_context_data(self, **kwargs):
         ctx = super().get_context_data(**kwargs)
+        # Only what the user may see: per-case rows follow the exams' site scoping.
+        metrics = ctx["metrics"] = model_metrics_visible(self.request.user, self.object)
         evaluations = []
         for key in ("cv", "external"):
-            ev = self.object.metrics.get(key)
+            ev = metrics.get(key)
             if ev:
                 rows = [(m, ev["metrics"][m]) for m in METRIC_ORDER if m in ev["metrics"]]
                 plots = [(k, k.split("_", 1)[1]) for k in self.object.plots if k.startswith(key + "_")]
                 evaluations.append({"key": key, "name": ev["name"], "n": ev["n"], "n_positive": ev["n_positive"],
                                     "brier": ev["brier"], "rows": rows, "plots": plots})
         ctx["evaluations"] = evaluations
-        ctx["importance"] = list(self.object.metrics.get("importance", {}).items())[:10]
+        ctx["importance"] = list(metrics.get("importance", {}).items())[:10]
         ctx["n_predictions"] = self.object.predictions.count()
         return ctx
 
