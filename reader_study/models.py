@@ -230,6 +230,9 @@ class Reading(models.Model):
             models.CheckConstraint(
                 condition=Q(ai_agreement__in=["", *AiAgreement.values]), name="reading_ai_agreement_valid"
             ),
+            models.CheckConstraint(
+                condition=Q(active_seconds__isnull=True) | Q(active_seconds__gte=0), name="reading_active_not_negative"
+            ),
             # An answered reading has its decision.
             models.CheckConstraint(
                 condition=Q(submitted_at__isnull=True) | Q(decision__isnull=False), name="reading_submitted_has_decision"

@@ -178,3 +178,29 @@ class PredictionFactory(factory.django.DjangoModelFactory):
     model_version = factory.SubFactory(ModelVersionFactory)
     exam = factory.SubFactory(ExamFactory)
     probability, decision, label, threshold = 0.7, True, "progression", 0.5
+
+
+# --- reader study -------------------------------------------------------------------------------
+
+class StudyFactory(factory.django.DjangoModelFactory):
+    """A draft study on a cohort (cases, readers and opening through reader_study.services)."""
+
+    class Meta:
+        model = "reader_study.Study"
+
+    title = factory.Sequence(lambda n: f"Study {n}")
+    slug = factory.Sequence(lambda n: f"study-{n}")
+    question = "Progression or treatment-related change?"
+    cohort = factory.SubFactory(CohortFactory)
+    seed = 1234
+    questionnaire = factory.LazyFunction(lambda: {"sus": True, "trust_items": ["I trust the AI."]})
+
+
+def case_exam(site: Site, *, diagnosis: str, pet_value: float = 3.0) -> Exam:
+    """A suspected-recurrence exam with common-grid T1c, PET (SUV) and tumour mask (small real NIfTI)."""
+    exam = ExamFactory(patient__site=site, diagnosis=diagnosis,
+                       diagnosis_basis="histology" if diagnosis == "progression" else "follow_up")
+    VolumeFactory(exam=exam, kind="t1c", space="common", units="")
+    pet = VolumeFactory(exam=exam, kind="pet_static", space="common", units="SUV", suv_factor=1.0)
+    MaskFactory(grid=pet, space="common")
+    return exam

@@ -1,0 +1,337 @@
+"""Reads of the reader study, scoped to the user, and what a reader's pages may show.
+
+Who sees which study (rules of apps.accounts.permissions applied to studies):
+- coordinators: studies they created, and studies whose cohort holds an exam of a site where they
+  are coordinator (a multi-centre study is run jointly by the centres' coordinators); admins: all.
+  They may manage (edit, open, close) every study they see.
+- readers: the open or closed studies they are a reader of (never drafts), through their
+  :class:`StudyReader` only: case codes, never exams.
+- statisticians: studies whose cohort holds an exam of one of their sites (for the results pages).
+
+A reader's case page shows the viewer (signed image URLs, :mod:`reader_study.signing`) and, in the
+aided arm only, the AI's output (:func:`ai_panel`). The reference standard and other readers'
+answers are never part of anything returned for a reader.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from statistics import median
+
+from django.db.models import Count, Prefetch, Q, QuerySet
+from django.http import Http404
+from django.urls import reverse
+from django.utils import timezone
+
+from apps.accounts.models import Role
+from apps.accounts.permissions import MANAGE_ROLES, is_admin, sites_for
+from apps.cohorts.models import Mask, Volume
+from apps.quantification.models import ExamQuantification
+from apps.registry.models import Prediction
+from reader_study.explanations import OUTCOME_WORDING, explain_prediction, model_card
+from reader_study.models import (
+    Arm,
+    Assignment,
+    Design,
+    Reading,
+    ReadingSession,
+    Study,
+    StudyCase,
+    StudyReader,
+    StudyStatus,
+)
+from reader_study.services import arm_refusal, session_state
+from reader_study.signing import image_token_make
+
+READER_VOLUME_KINDS = ("t1c", "flair", "pet_static", "pet_dynamic")
+READER_MASK_KINDS = ("tumor",)  # never the aggressive subregion: it is the biopsy-target reference
+READER_MAPS = ("ttp", "slope")
+
+
+# --- coordinators and statisticians ----------------------------------------------------------
+
+def studies_managed(user) -> QuerySet[Study]:
+    """Studies the user may see and manage as coordinator (module docstring)."""
+    studies = Study.objects.select_related("cohort", "model_version", "created_by")
+    if is_admin(user):
+        return studies
+    sites = sites_for(user, MANAGE_ROLES)
+    return studies.filter(Q(created_by=user) | Q(cohort__exams__patient__site__in=sites)).distinct()
+
+
+def studies_for_results(user) -> QuerySet[Study]:
+    """Studies whose results the user may see: managed ones, plus statisticians' sites' studies."""
+    if is_admin(user):
+        return Study.objects.all()
+    sites = sites_for(user, (Role.STATISTICIAN, Role.COORDINATOR))
+    return Study.objects.filter(Q(cohort__exams__patient__site__in=sites) | Q(created_by=user)).distinct()
+
+
+@dataclass(frozen=True)
+class SessionProgress:
+    reader: StudyReader
+    session: ReadingSession
+    state: str
+    done: int
+    total: int
+
+
+def study_progress(study: Study) -> list[SessionProgress]:
+    """Per reader and session: state and submitted / required readings."""
+    sessions = (ReadingSession.objects.filter(reader__study=study).select_related("reader__user", "reader__study")
+                .prefetch_related("reader__sessions")
+                .annotate(n_assign=Count("assignments", distinct=True),
+                          n_done=Count("assignments__readings", filter=Q(assignments__readings__submitted_at__isnull=False),
+                                       distinct=True))
+                .order_by("reader__code", "number"))
+    now = timezone.now()
+    return [SessionProgress(reader=s.reader, session=s, state=session_state(s, now=now), done=s.n_done,
+                            total=s.n_assign if s.arm else 2 * s.n_assign) for s in sessions]
+
+
+# --- readers -----------------------------------------------------------------------------------
+
+def studies_read_by(user) -> QuerySet[Study]:
+    """Open and closed studies the user is a reader of."""
+    return Study.objects.filter(readers__user=user).exclude(status=StudyStatus.DRAFT).distinct()
+
+
+def study_reader_for(user, slug: str) -> StudyReader:
+    """The user's StudyReader in the study ``slug``; 404 when they are not a reader of it (or a draft)."""
+    reader = (StudyReader.objects.select_related("study", "study__model_version")
+              .prefetch_related("sessions").filter(study__slug=slug, user=user)
+              .exclude(study__status=StudyStatus.DRAFT).first())
+    if reader is None:
+        raise Http404("no such study")
+    return reader
+
+
+def assignment_for(reader: StudyReader, case_code: str, arm: str) -> Assignment:
+    """The reader's assignment of case ``case_code`` for ``arm``; 404 when not theirs."""
+    if arm not in Arm.values:
+        raise Http404("no such arm")
+    qs = Assignment.objects.select_related("session__reader__study", "case__exam__patient").filter(
+        session__reader=reader, case__code=case_code)
+    if reader.study.design == Design.CROSSOVER:
+        qs = qs.filter(session__arm=arm)
+    assignment = qs.first()
+    if assignment is None:
+        raise Http404("no such case")
+    return assignment
+
+
+@dataclass(frozen=True)
+class WorklistRow:
+    position: int
+    code: str
+    arms: tuple[tuple[str, str, str], ...]  # (arm, label, state: "done" / "open" / "locked")
+    done: bool
+
+
+@dataclass(frozen=True)
+class WorklistSession:
+    session: ReadingSession
+    state: str
+    done: int
+    total: int
+    rows: list[WorklistRow]
+
+
+def worklist(reader: StudyReader) -> list[WorklistSession]:
+    """The reader's sessions with their cases in the stored order and the state of each arm.
+
+    Shows whether each arm is answered, never what was answered (a crossover reader must not see
+    their session-1 answers in session 2)."""
+    now = timezone.now()
+    submitted = set(Reading.objects.filter(reader=reader, submitted_at__isnull=False).values_list("case_id", "arm"))
+    out = []
+    for session in reader.sessions.all().order_by("number").prefetch_related(
+            Prefetch("assignments", queryset=Assignment.objects.select_related("case").order_by("position"))):
+        state = session_state(session, now=now)
+        arms = [session.arm] if session.arm else [Arm.UNAIDED, Arm.AIDED]
+        rows = []
+        for a in session.assignments.all():
+            cells = []
+            for arm in arms:
+                if (a.case_id, arm) in submitted:
+                    cells.append((arm, Arm(arm).label, "done"))
+                elif state != "open" or reader.study.status != StudyStatus.OPEN:
+                    cells.append((arm, Arm(arm).label, "locked"))
+                elif arm == Arm.AIDED and not session.arm and (a.case_id, Arm.UNAIDED) not in submitted:
+                    cells.append((arm, Arm(arm).label, "locked"))
+                else:
+                    cells.append((arm, Arm(arm).label, "open"))
+            rows.append(WorklistRow(a.position, a.case.code, tuple(cells), all(c[2] == "done" for c in cells)))
+        done = sum(1 for r in rows if r.done)
+        out.append(WorklistSession(session=session, state=state, done=done, total=len(rows), rows=rows))
+    return out
+
+
+def next_reading(reader: StudyReader) -> tuple[str, str] | None:
+    """(case code, arm) of the reader's next reading that may be opened now, in the stored order."""
+    for ws in worklist(reader):
+        if ws.state != "open":
+            continue
+        for row in ws.rows:
+            for arm, _, state in row.arms:
+                if state == "open":
+                    return row.code, arm
+    return None
+
+
+def reader_progress(reader: StudyReader) -> tuple[int, int]:
+    """Cases completed / cases to read, over all sessions."""
+    done = total = 0
+    for s in reader.sessions.all():
+        total += s.assignments.count()
+        n = Reading.objects.filter(assignment__session=s, submitted_at__isnull=False).count()
+        done += n if s.arm else n // 2
+    return done, total
+
+
+def reading_position(assignment: Assignment) -> tuple[int, int]:
+    return assignment.position, assignment.session.assignments.count()
+
+
+# --- the case page -----------------------------------------------------------------------------
+
+def _image_url(reader: StudyReader, case: StudyCase, arm: str, what: str) -> str:
+    token = image_token_make(reader_id=reader.pk, case_id=case.pk, arm=arm, what=what)
+    return reverse("reader_study:image", args=[token])
+
+
+def _url_for(reader: StudyReader, case: StudyCase, arm: str):
+    """The ``url_for`` of the viewer configuration: signed reader URLs, None for what readers never see."""
+
+    def url_for(obj) -> str | None:
+        if isinstance(obj, Volume):
+            return _image_url(reader, case, arm, obj.kind) if obj.kind in READER_VOLUME_KINDS else None
+        if isinstance(obj, Mask):
+            return _image_url(reader, case, arm, f"mask:{obj.kind}") if obj.kind in READER_MASK_KINDS else None
+        if isinstance(obj, tuple) and len(obj) == 2 and obj[1] in READER_MAPS:
+            return _image_url(reader, case, arm, f"map:{obj[1]}")
+        if obj == "heatmap":
+            return _image_url(reader, case, arm, "heatmap") if arm == Arm.AIDED else None
+        return None
+
+    return url_for
+
+
+def _fallback_viewer_config(exam, url_for) -> dict | None:
+    """T1c (and FLAIR) under the PET in SUV, from the common-grid volumes, windowed from TBR 1.6 to SUVmax."""
+    volumes = {v.kind: v for v in exam.volumes.filter(space="common")}
+    pet = volumes.get("pet_static")
+    if pet is None:
+        return None
+    entries = [{"url": url_for(volumes[k]), "name": k.upper() if k == "flair" else "T1c", "filename": f"{k}.nii.gz",
+                "colormap": "gray"} for k in ("t1c",) if k in volumes]
+    pet_entry = {"url": url_for(pet), "name": "PET (SUV)", "filename": "pet.nii.gz", "colormap": "warm",
+                 "opacity": 0.6}
+    quant = ExamQuantification.objects.filter(exam=exam).first()
+    background = ((quant.config or {}).get("static") or {}).get("background_mean") if quant else None
+    if quant and background and quant.suv_max > 1.6 * background:
+        pet_entry |= {"cal_min": round(1.6 * background, 3), "cal_max": round(quant.suv_max, 3)}
+    overlays = []
+    if "flair" in volumes:
+        overlays.append({"url": url_for(volumes["flair"]), "name": "FLAIR", "filename": "flair.nii.gz",
+                         "colormap": "gray", "opacity": 0.0})
+    tumor = Mask.objects.filter(exam=exam, kind="tumor", space="common").first()
+    if tumor is not None:
+        overlays.append({"url": url_for(tumor), "name": "Tumour VOI", "filename": "tumor.nii.gz",
+                         "colormap": "red", "opacity": 0.0})
+    return {"volumes": [*entries, pet_entry], "overlays": overlays, "sliceType": "multiplanar", "height": 430}
+
+
+def _scrub(config: dict) -> dict:
+    """Drop entries without a URL (what readers never see) and free-text fields that may name files."""
+    for key in ("volumes", "bases", "overlays"):
+        if key not in config:
+            continue
+        config[key] = [dict(v) for v in config.get(key) or [] if v.get("url")]
+        for entry in config[key]:
+            entry.pop("source_name", None)
+    return config
+
+
+def case_viewer_config(reader: StudyReader, case: StudyCase, arm: str) -> dict | None:
+    """The viewer configuration of a case for this reader and arm, with signed image URLs.
+
+    Uses ``apps.quantification.viewer.exam_viewer_config`` when it exists (crosshair on the lesion,
+    maps, TACs), else a minimal T1c + PET configuration."""
+    url_for = _url_for(reader, case, arm)
+    exam = case.exam
+    config = None
+    try:
+        from apps.quantification.viewer import exam_viewer_config
+    except ImportError:
+        exam_viewer_config = None
+    if exam_viewer_config is not None:
+        prediction = ai_prediction(reader.study, case) if arm == Arm.AIDED else None
+        heatmap = url_for("heatmap") if prediction and (prediction.explanation or {}).get("heatmap") else None
+        config = exam_viewer_config(exam, url_for=url_for, heatmap_url=heatmap)
+    if config is None:
+        config = _fallback_viewer_config(exam, url_for)
+    return _scrub(config) if config else None
+
+
+def ai_prediction(study: Study, case: StudyCase) -> Prediction | None:
+    if study.model_version_id is None:
+        return None
+    return Prediction.objects.filter(model_version_id=study.model_version_id, exam_id=case.exam_id).first()
+
+
+def _training_references(model_version) -> tuple[dict[str, float], int | None]:
+    """Median of each clinical parameter over the model's training exams, and their number of sites."""
+    cohort = model_version.training_cohort
+    if cohort is None:
+        return {}, None
+    exams = cohort.exams.filter(timepoint="suspected_recurrence")
+    if model_version.external_site_id:
+        exams = exams.exclude(patient__site_id=model_version.external_site_id)
+    n_sites = exams.values("patient__site").distinct().count()
+    rows = ExamQuantification.objects.filter(exam__in=exams).values(*[f for f in model_version.features
+                                                                      if f in _QUANT_FIELDS])
+    refs = {}
+    for field in model_version.features:
+        if field not in _QUANT_FIELDS:
+            continue
+        values = [r[field] for r in rows if r[field] is not None]
+        if values:
+            refs[field] = float(median(values))
+    return refs, n_sites
+
+
+_QUANT_FIELDS = {"suv_max", "suv_mean", "tbr_max", "tbr_mean", "ts_max", "ts_mean", "mtv_ml", "ttp_min",
+                 "slope_suv_per_h"}
+
+
+def ai_panel(reader: StudyReader, case: StudyCase, arm: str) -> dict | None:
+    """What the aided arm shows: probability, decision, explanation, intended use and warnings.
+
+    None in the unaided arm, and None whenever blinding forbids the arm now (belt and braces: the
+    views check :func:`reader_study.services.arm_refusal` first)."""
+    if arm != Arm.AIDED:
+        return None
+    assignment = assignment_for(reader, case.code, arm)
+    if arm_refusal(assignment=assignment, arm=arm):
+        return None
+    study = reader.study
+    prediction = ai_prediction(study, case)
+    if prediction is None:
+        return None
+    mv = study.model_version
+    refs, n_sites = _training_references(mv)
+    return {
+        "probability_pct": round(100 * prediction.probability),
+        "decision": prediction.decision,
+        "label": _outcome_words(study, prediction.decision),
+        "positive": _outcome_words(study, True),
+        "threshold_pct": round(100 * prediction.threshold),
+        "features": explain_prediction(prediction.explanation or {}, task=mv.task, references=refs),
+        "card": model_card(mv, n_development_sites=n_sites),
+        "has_heatmap": bool((prediction.explanation or {}).get("heatmap")),
+    }
+
+
+def _outcome_words(study: Study, positive: bool) -> str:
+    pos, neg = OUTCOME_WORDING.get(study.task, ("positive", "negative"))
+    return pos if positive else neg
