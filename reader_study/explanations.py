@@ -167,12 +167,12 @@ def model_card(model_version, *, n_development_sites: int | None = None) -> dict
     if n_development_sites is not None and n_development_sites < 3:
         warnings.append(f"Developed on exams from only {n_development_sites} centre(s).")
     warnings.append("Synthetic training data (AminoPET phantoms): performance on real patients is unknown.")
-    development = f" on exams from {n_development_sites} centre(s)" if n_development_sites else ""
+    development = f"Developed on exams from {n_development_sites} centre(s). " if n_development_sites else ""
     return {
         "name": f"{model_version.get_family_display()} ({model_version.algorithm})",
         "intended_use": (
             f"Supports the reading of amino-acid PET at suspected recurrence of a glioma: probability of "
-            f"{positive} versus {negative}. Developed{development}; decision cut-off at a probability of "
+            f"{positive} versus {negative}. {development}Decision cut-off at a probability of "
             f"{model_version.threshold:.2f}."
         ),
         "performance": performance,

@@ -11,6 +11,7 @@ import hashlib
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
+from django.db.models import Q
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
@@ -63,8 +64,12 @@ class StudyListView(RoleRequiredMixin, TemplateView):
         return ctx
 
 
-def _cohorts_for(user):
-    return Cohort.objects.filter(exams__patient__site__in=sites_for(user, MANAGE_ROLES)).distinct()
+def _cohorts_for(user, *, including=None):
+    """Cohorts with an exam of a site the user coordinates (plus ``including``, the study's own)."""
+    q = Q(exams__patient__site__in=sites_for(user, MANAGE_ROLES))
+    if including is not None:
+        q |= Q(pk=including)
+    return Cohort.objects.filter(q).distinct()
 
 
 class StudyCreateView(RoleRequiredMixin, View):
@@ -108,8 +113,8 @@ class StudyEditView(_ManagedMixin, View):
     template_name = "reader_study/study_form.html"
 
     def _form(self, request, study, data=None):
-        cohorts = _cohorts_for(request.user) | Cohort.objects.filter(pk=study.cohort_id)
-        return StudyForm(data, cohorts=cohorts.distinct(), initial=StudyForm.initial_from(study))
+        return StudyForm(data, cohorts=_cohorts_for(request.user, including=study.cohort_id),
+                         initial=StudyForm.initial_from(study))
 
     def get(self, request, slug):
         study = self.get_study(slug)
