@@ -1,9 +1,11 @@
 """REST API of the cohort: read-only browsing, QC updates, and imports queued as jobs."""
 from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, parsers, status, viewsets
+from rest_framework import mixins, parsers, serializers, status, viewsets
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts.models import Site
 from apps.accounts.permissions import DATA_ROLES, MANAGE_ROLES, RolePermission
 from apps.cohorts import selectors
 from apps.cohorts.serializers import (
@@ -15,6 +17,7 @@ from apps.cohorts.serializers import (
     SiteSerializer,
     VolumeSerializer,
 )
+from apps.cohorts.services.labels import LabelsImportError, labels_import
 from apps.cohorts.services.qc import volume_qc_set
 from apps.cohorts.services.uploads import import_submit
 from apps.jobs.serializers import JobSerializer
@@ -109,3 +112,36 @@ class DicomImportAPI(_ImportAPI):
     def params(self, data):
         return {"site": data["site"].name, "patient": data["patient"], "exam": data["exam"],
                 "timepoint": data["timepoint"], "day": data["day"]}
+
+
+class LabelsImportSerializer(serializers.Serializer):
+    file = serializers.FileField(help_text="labels TSV: participant_id, session_id and label columns")
+    site = serializers.SlugRelatedField(slug_field="name", queryset=Site.objects.all())
+    dry_run = serializers.BooleanField(default=False, help_text="check and report the changes without writing")
+
+
+class LabelsImportAPI(APIView):
+    """Add or correct outcomes of imported patients/exams of one site; synchronous (a labels file is small).
+
+    200: the report (changes with old and new values, spellings read, ignored columns). 400: every
+    problem of the file at once (``problems``); nothing was changed. 403: not a coordinator of the site.
+    """
+
+    permission_classes = [RolePermission]
+    required_roles = MANAGE_ROLES
+    parser_classes = [parsers.MultiPartParser]
+
+    @extend_schema(request=LabelsImportSerializer, responses={200: dict, 400: dict})
+    def post(self, request):
+        serializer = LabelsImportSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        try:
+            report = labels_import(site=data["site"], content=data["file"].read(), source_name=data["file"].name,
+                                   user=request.user, dry_run=data["dry_run"], request=request)
+        except PermissionError as exc:
+            raise PermissionDenied(str(exc)) from exc
+        except LabelsImportError as exc:
+            return Response({"detail": f"{len(exc.problems)} problem(s); nothing changed", "problems": exc.problems},
+                            status=status.HTTP_400_BAD_REQUEST)
+        return Response(report.to_dict(), status=status.HTTP_200_OK)

@@ -16,4 +16,5 @@ urlpatterns = [
     path("cohorts/<slug:name>/", views.CohortDetailView.as_view(), name="cohort"),
     path("import/bids/", views.BidsImportView.as_view(), name="import-bids"),
     path("import/dicom/", views.DicomImportView.as_view(), name="import-dicom"),
+    path("import/labels/", views.LabelsImportView.as_view(), name="import-labels"),
 ]

@@ -1,6 +1,8 @@
 """Cohort pages for coordinators and researchers: thin, they call selectors and services."""
 from __future__ import annotations
 
+import base64
+
 from django.contrib import messages
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, redirect
@@ -16,8 +18,9 @@ from apps.accounts.permissions import (
 )
 from apps.audit.services import audit_record
 from apps.cohorts import selectors
-from apps.cohorts.forms import BidsUploadForm, DicomUploadForm, QcForm
+from apps.cohorts.forms import BidsUploadForm, DicomUploadForm, LabelsUploadForm, QcForm
 from apps.cohorts.panels import exam_panels
+from apps.cohorts.services.labels import LabelsImportError, labels_import
 from apps.cohorts.services.qc import volume_qc_set
 from apps.cohorts.services.store import media_path
 from apps.cohorts.services.uploads import import_submit
@@ -194,3 +197,37 @@ class DicomImportView(_ImportView):
     def params(self, data):
         return {"site": data["site"].name, "patient": data["patient"], "exam": data["exam"],
                 "timepoint": data["timepoint"], "day": data["day"]}
+
+
+class LabelsImportView(RoleRequiredMixin, FormView):
+    """Labels that arrive after the images: upload, preview the changes (dry run), confirm."""
+
+    required_roles = MANAGE_ROLES
+    template_name = "cohorts/import_labels.html"
+    form_class = LabelsUploadForm
+
+    def get_form_kwargs(self):
+        return super().get_form_kwargs() | {"sites": sites_for(self.request.user, MANAGE_ROLES)}
+
+    def form_valid(self, form):
+        data = form.cleaned_data
+        confirm = bool(data.get("confirm"))
+        try:
+            report = labels_import(site=data["site"], content=data["raw"], source_name=data["source_name"],
+                                   user=self.request.user, dry_run=not confirm, request=self.request)
+        except PermissionError as exc:
+            form.add_error(None, str(exc))
+            return self.form_invalid(form)
+        except LabelsImportError as exc:
+            return self.render_to_response(self.get_context_data(form=form, problems=exc.problems,
+                                                                 source_name=data["source_name"]))
+        confirm_form = None
+        if not confirm and report.changes:
+            confirm_form = LabelsUploadForm(sites=sites_for(self.request.user, MANAGE_ROLES), initial={
+                "site": data["site"].name, "content": base64.b64encode(data["raw"]).decode(),
+                "source_name": data["source_name"], "confirm": True})
+        if confirm:
+            messages.success(self.request, report.message())
+        return self.render_to_response(self.get_context_data(
+            form=self.get_form_class()(sites=sites_for(self.request.user, MANAGE_ROLES)),
+            report=report, confirm_form=confirm_form))

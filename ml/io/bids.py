@@ -14,20 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ml.io.errors import ImageFormatError
+from ml.io.labels import LABEL_VALUES, LabelSpellingError, MappingReport, map_label
 
-#: Allowed values of the label columns; "n/a" (or empty) means unknown everywhere.
-LABEL_VALUES: dict[str, set[str]] = {
-    "idh": {"mutant", "wildtype"},
-    "codeletion_1p19q": {"codeleted", "intact"},
-    "mgmt": {"methylated", "unmethylated"},
-    "tertp": {"mutant", "wildtype"},
-    "who_grade": {"1", "2", "3", "4"},
-    "who_type": {"astrocytoma", "oligodendroglioma", "glioblastoma", "other"},
-    "sex": {"M", "F", "O"},
-    "timepoint": {"initial_diagnosis", "suspected_recurrence"},
-    "diagnosis": {"progression", "treatment_related"},
-    "diagnosis_basis": {"histology", "follow_up"},
-}
+# LABEL_VALUES (the documented values of the label columns) and the hospital spellings that map to
+# them live in ml.io.labels, shared with the labels import; "n/a" (or empty) means unknown everywhere.
 MISSING = {"", "n/a", "na", "NA", "N/A"}
 MASK_KINDS = ("tumor", "striatum", "background", "aggressive")
 
@@ -88,6 +78,8 @@ class BidsDataset:
     root: Path
     name: str
     subjects: dict[str, BidsSubject]
+    #: spellings read as documented values (``ml.io.labels.MappingReport.to_list()``), for the report
+    label_mappings: list[dict] = field(default_factory=list)
 
     def n_sessions(self) -> int:
         return sum(len(s.sessions) for s in self.subjects.values())
@@ -103,17 +95,19 @@ def _read_tsv(path: Path, problems: list[str]) -> list[dict[str, str]]:
     return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in rows]
 
 
-def _label(value: str | None, column: str, where: str, problems: list[str]) -> str | None:
+def _label(
+    value: str | None, column: str, where: str, problems: list[str], mappings: MappingReport | None = None
+) -> str | None:
+    """The documented value of a label cell (hospital spellings mapped by ml.io.labels), or None."""
     if value is None or value.strip() in MISSING:
         return None
-    value = value.strip()
-    allowed = LABEL_VALUES.get(column)
-    if allowed is not None and value not in allowed:
-        problems.append(
-            f"{where}: unknown {column} value {value!r} (allowed: {', '.join(sorted(allowed))} or n/a)"
-        )
+    if column not in LABEL_VALUES:
+        return value.strip()
+    try:
+        return map_label(column, value, report=mappings)
+    except LabelSpellingError as exc:
+        problems.append(f"{where}: {exc}")
         return None
-    return value
 
 
 def _image_kind(name: str, datatype: str) -> str | None:
@@ -192,6 +186,7 @@ def scan_bids(root: str | Path) -> BidsDataset:
             problems.append(f"{description}: invalid JSON ({exc})")
     participants_path = root / "participants.tsv"
     subjects: dict[str, BidsSubject] = {}
+    mappings = MappingReport()
     rows = _read_tsv(participants_path, problems) if participants_path.exists() else []
     for i, row in enumerate(rows, start=2):
         pid = row.get("participant_id", "")
@@ -204,7 +199,7 @@ def scan_bids(root: str | Path) -> BidsDataset:
             problems.append(f"{where}: duplicate participant {pid}")
             continue
         labels = {
-            col: _label(row.get(col), col, where, problems)
+            col: _label(row.get(col), col, where, problems, mappings)
             for col in ("idh", "codeletion_1p19q", "mgmt", "tertp", "who_grade", "who_type", "sex")
         }
         if labels["codeletion_1p19q"] == "codeleted" and labels["idh"] == "wildtype":
@@ -219,7 +214,7 @@ def scan_bids(root: str | Path) -> BidsDataset:
             continue
         if label not in subjects:
             subjects[label] = BidsSubject(label=label, site=None, labels={})
-        _scan_subject(root, sub_dir, subjects[label], problems)
+        _scan_subject(root, sub_dir, subjects[label], problems, mappings)
     for sub in subjects.values():
         if not sub.sessions:
             problems.append(f"{root / ('sub-' + sub.label)}: participant has no session with images")
@@ -228,10 +223,12 @@ def scan_bids(root: str | Path) -> BidsDataset:
         problems.append(f"{root}: no sub-* folders")
     if problems:
         raise BidsError(root, problems)
-    return BidsDataset(root=root, name=str(name), subjects=subjects)
+    return BidsDataset(root=root, name=str(name), subjects=subjects, label_mappings=mappings.to_list())
 
 
-def _scan_subject(root: Path, sub_dir: Path, subject: BidsSubject, problems: list[str]) -> None:
+def _scan_subject(
+    root: Path, sub_dir: Path, subject: BidsSubject, problems: list[str], mappings: MappingReport | None = None
+) -> None:
     sessions_tsv = sub_dir / f"{sub_dir.name}_sessions.tsv"
     table: dict[str, dict[str, str]] = {}
     if sessions_tsv.exists():
@@ -248,11 +245,11 @@ def _scan_subject(root: Path, sub_dir: Path, subject: BidsSubject, problems: lis
         row = table.get(label, {})
         where = row.get("_where", str(ses_dir))
         session = BidsSession(label=label)
-        session.timepoint = _label(row.get("timepoint"), "timepoint", where, problems)
+        session.timepoint = _label(row.get("timepoint"), "timepoint", where, problems, mappings)
         if (row.get("timepoint") or "").strip() in MISSING:
             problems.append(f"{where}: timepoint missing (initial_diagnosis or suspected_recurrence)")
-        session.diagnosis = _label(row.get("diagnosis"), "diagnosis", where, problems)
-        session.diagnosis_basis = _label(row.get("diagnosis_basis"), "diagnosis_basis", where, problems)
+        session.diagnosis = _label(row.get("diagnosis"), "diagnosis", where, problems, mappings)
+        session.diagnosis_basis = _label(row.get("diagnosis_basis"), "diagnosis_basis", where, problems, mappings)
         day = row.get("day", "")
         if day not in MISSING:
             try:
