@@ -19,5 +19,6 @@ router.register("predictions", registry_api.PredictionViewSet, basename="predict
 urlpatterns = [
     path("imports/bids/", cohorts_api.BidsImportAPI.as_view(), name="import-bids"),
     path("imports/dicom/", cohorts_api.DicomImportAPI.as_view(), name="import-dicom"),
+    path("imports/labels/", cohorts_api.LabelsImportAPI.as_view(), name="import-labels"),
     *router.urls,
 ]

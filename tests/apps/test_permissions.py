@@ -94,6 +94,7 @@ CASES = [
     ("cohorts:cohort", {"name": "cohort.name"}, "get", DATA_DETAIL),
     ("cohorts:import-bids", {}, "get", MANAGE_PAGE),
     ("cohorts:import-dicom", {}, "get", MANAGE_PAGE),
+    ("cohorts:import-labels", {}, "get", MANAGE_PAGE),
     ("jobs:list", {}, "get", ANY_ROLE_PAGE),
     ("jobs:detail", {"pk": "job.pk"}, "get", JOB_DETAIL),
     ("jobs:status", {"pk": "job.pk"}, "get", JOB_DETAIL),
@@ -127,6 +128,7 @@ CASES = [
     ("api:job-retry", {"pk": "job.pk"}, "post", _expect(404, anon=403, norole=403, coordinator=200, admin=200)),
     ("api:import-bids", {}, "post", _expect(403, coordinator=400, coord_other=400, admin=400)),
     ("api:import-dicom", {}, "post", _expect(403, coordinator=400, coord_other=400, admin=400)),
+    ("api:import-labels", {}, "post", _expect(403, coordinator=400, coord_other=400, admin=400)),
 ]
 # Not walked: logout (POST-only, any user), admin sub-pages (Django's own), format-suffixed routes.
 SKIPPED = {"logout"}
