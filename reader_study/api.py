@@ -1,0 +1,132 @@
+"""REST API of the reader study, with the same checks as the pages.
+
+- ``/api/studies/`` (coordinators): the studies they manage, with progress; ``POST .../open/`` and
+  ``.../close/``.
+- ``/api/worklist/<slug>/`` (readers): their sessions and cases (codes, which arms are answered).
+- ``/api/worklist/<slug>/cases/<code>/<arm>/`` (readers): ``GET`` opens the case in that arm (server
+  ``opened_at``) and returns the viewer configuration with signed image URLs and, in the aided arm
+  only, the AI output; ``POST`` submits the answer once (409 when already answered or locked).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.accounts.models import Role
+from apps.accounts.permissions import MANAGE_ROLES, RolePermission
+from reader_study import selectors, services
+from reader_study.models import Reading
+from reader_study.serializers import AnswerSerializer, StudySerializer
+
+
+def _error(code: str, message: str, http: int) -> Response:
+    return Response({"error": {"code": code, "message": message, "details": {}}}, status=http)
+
+
+class StudyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Studies the coordinator manages (created, or on a cohort of their sites)."""
+
+    serializer_class = StudySerializer
+    permission_classes = [RolePermission]
+    required_roles = MANAGE_ROLES
+    lookup_field = "slug"
+
+    def get_queryset(self):
+        return selectors.studies_managed(self.request.user)
+
+    def _transition(self, request, service):
+        study = self.get_object()
+        try:
+            study = service(study=study, user=request.user, request=request)
+        except services.StudyError as exc:
+            return _error("invalid_state", str(exc), status.HTTP_409_CONFLICT)
+        return Response(StudySerializer(study).data)
+
+    @extend_schema(request=None, responses=StudySerializer)
+    @action(detail=True, methods=["post"])
+    def open(self, request, slug=None):
+        return self._transition(request, services.study_open)
+
+    @extend_schema(request=None, responses=StudySerializer)
+    @action(detail=True, methods=["post"])
+    def close(self, request, slug=None):
+        return self._transition(request, services.study_close)
+
+
+class _ReaderAPI(APIView):
+    permission_classes = [RolePermission]
+    required_roles = (Role.READER,)
+
+
+class WorklistAPI(_ReaderAPI):
+    @extend_schema(responses=dict)
+    def get(self, request, slug):
+        reader = selectors.study_reader_for(request.user, slug)
+        done, total = selectors.reader_progress(reader)
+        nxt = selectors.next_reading(reader)
+        return Response({
+            "study": {"slug": reader.study.slug, "title": reader.study.title, "question": reader.study.question,
+                      "status": reader.study.status, "design": reader.study.design},
+            "done": done, "total": total, "next": {"case": nxt[0], "arm": nxt[1]} if nxt else None,
+            "sessions": [{
+                "number": ws.session.number, "arm": ws.session.arm or "both", "state": ws.state,
+                "opens_at": ws.session.opens_at, "done": ws.done, "total": ws.total,
+                "cases": [{"position": r.position, "case": r.code,
+                           "arms": {arm: state for arm, _, state in r.arms}} for r in ws.rows],
+            } for ws in selectors.worklist(reader)],
+        })
+
+
+class ReadingCaseAPI(_ReaderAPI):
+    def _assignment(self, request, slug, code, arm):
+        reader = selectors.study_reader_for(request.user, slug)
+        return reader, selectors.assignment_for(reader, code, arm)
+
+    @extend_schema(responses=dict)
+    def get(self, request, slug, code, arm):
+        reader, assignment = self._assignment(request, slug, code, arm)
+        if Reading.objects.filter(reader=reader, case=assignment.case, arm=arm, submitted_at__isnull=False).exists():
+            return _error("locked", "this case was already answered in this arm", status.HTTP_409_CONFLICT)
+        try:
+            reading = services.reading_open(assignment=assignment, arm=arm, user=request.user, request=request)
+        except services.ReadingLocked as exc:
+            return _error("permission_denied", str(exc), status.HTTP_403_FORBIDDEN)
+        ai = selectors.ai_panel(reader, assignment.case, arm)
+        if ai is not None:
+            ai = {**ai, "features": [asdict(f) | {"text": f.text} for f in ai["features"]]}
+        position, n = selectors.reading_position(assignment)
+        return Response({
+            "case": assignment.case.code, "arm": arm, "position": position, "n_cases": n,
+            "session": assignment.session.number, "opened_at": reading.opened_at,
+            "question": reader.study.question, "rating_scale": reader.study.rating_scale,
+            "viewer": selectors.case_viewer_config(reader, assignment.case, arm), "ai": ai,
+        })
+
+    @extend_schema(request=AnswerSerializer, responses=dict)
+    def post(self, request, slug, code, arm):
+        reader, assignment = self._assignment(request, slug, code, arm)
+        serializer = AnswerSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        reading = Reading.objects.filter(reader=reader, case=assignment.case, arm=arm).first()
+        if reading is None:
+            return _error("not_opened", "open the case (GET) before answering it", status.HTTP_409_CONFLICT)
+        reason = services.arm_refusal(assignment=assignment, arm=arm)
+        if reason and not reading.is_submitted:
+            return _error("permission_denied", reason, status.HTTP_403_FORBIDDEN)
+        answer = dict(serializer.validated_data)
+        active = answer.pop("active_seconds", None)
+        try:
+            reading = services.reading_submit(reading=reading, answer=answer, user=request.user,
+                                              active_seconds=active, request=request)
+        except services.ReadingLocked as exc:
+            return _error("locked", str(exc), status.HTTP_409_CONFLICT)
+        except services.StudyError as exc:
+            return _error("invalid", str(exc), status.HTTP_400_BAD_REQUEST)
+        nxt = selectors.next_reading(reader)
+        return Response({"case": code, "arm": arm, "submitted_at": reading.submitted_at,
+                         "next": {"case": nxt[0], "arm": nxt[1]} if nxt else None}, status=status.HTTP_201_CREATED)
