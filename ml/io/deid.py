@@ -262,7 +262,8 @@ def clean_metadata(ds: Dataset, *, date_shift_days: int = 0, salt: str = "") -> 
     Returns:
         A JSON-serialisable dict: modality, manufacturer, model, series description, protocol,
         tracer, dose, weight, size, sex, age, shifted dates, kept times, remapped UIDs, PET units
-        and decay correction, and ``patient_identity_removed: True``.
+        and decay correction, and ``patient_identity_removed: True``. The shift itself is not in
+        it: stored beside the shifted dates it would undo the de-identification.
     """
     clean = deidentify_dataset(ds, date_shift_days=date_shift_days, salt=salt)
     rp = Dataset()
@@ -288,7 +289,6 @@ def clean_metadata(ds: Dataset, *, date_shift_days: int = 0, salt: str = "") -> 
         "patient_age": _text(clean.get("PatientAge")),
         "weight_kg": _number(clean.get("PatientWeight")),
         "height_m": _number(clean.get("PatientSize")),
-        "date_shift_days": int(date_shift_days),
         "patient_identity_removed": True,
     }
     if meta["modality"] == "PT":

@@ -1,13 +1,16 @@
 """Load and validate NIfTI volumes.
 
 Every reader of image files in AminoPET goes through :func:`load_nifti`, so a truncated gzip, a file
-that is not NIfTI, a 2D or 5D array, NaN/inf voxels or a zero voxel size are all answered the same way:
-an :class:`~ml.io.errors.ImageFormatError` that names the file and the reason.
+that is not NIfTI, a 2D or 5D array, NaN/inf voxels, a zero voxel size, an absurd declared size or
+an infinite scaling are all answered the same way: an :class:`~ml.io.errors.ImageFormatError` that
+names the file and the reason. The header is checked before any voxel is read, so a 348-byte file
+declaring 30000 cubed voxels costs nothing.
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +19,12 @@ import nibabel as nib
 import numpy as np
 
 from ml.io.errors import ImageFormatError
+
+#: Largest volume (float32 in memory, all frames) read by default: 2 GiB, twice a dynamic brain PET
+#: of 256 x 256 x 128 voxels and 32 frames.
+DEFAULT_MAX_BYTES = 2 * 1024**3
+#: Largest spatial grid (voxels of one frame): 512 cubed, beyond any clinical PET or MRI of a head.
+MAX_SPATIAL_VOXELS = 512**3
 
 
 @dataclass(frozen=True)
@@ -68,16 +77,48 @@ def _raw_pixdim(path: Path, header_class) -> tuple[float, ...]:
         return ()
 
 
-def load_nifti(path: str | Path, *, ndim: tuple[int, ...] = (3, 4)) -> NiftiVolume:
+def _check_declared(path: Path, img, shape: tuple[int, ...], max_bytes: int) -> None:
+    """Refuse absurd declared sizes and non-finite scaling before any voxel is read."""
+    spatial = math.prod(int(s) for s in shape[:3])
+    total = math.prod(int(s) for s in shape)
+    if spatial > MAX_SPATIAL_VOXELS:
+        raise ImageFormatError(
+            path, f"declares {' x '.join(map(str, shape[:3]))} voxels per frame, more than the "
+            f"{MAX_SPATIAL_VOXELS} (512 cubed) AminoPET reads; the header is wrong or this is not a head image")
+    if total * 4 > max_bytes:  # read as float32
+        raise ImageFormatError(
+            path, f"declares {' x '.join(map(str, shape))} voxels ({total * 4 / 1024**3:.1f} GiB as float32), "
+            f"more than the {max_bytes / 1024**3:.1f} GiB limit (AMINOPET_MAX_VOLUME_BYTES)")
+    header = img.header
+    slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
+    # NIfTI-1: scl_slope 0 (or NaN, what nibabel writes) means "not scaled"; nibabel also silently
+    # ignores an infinite slope, which would hide a broken writer.
+    if math.isinf(slope):
+        raise ImageFormatError(path, f"has an infinite scaling factor (scl_slope = {slope})")
+    if slope != 0 and not math.isnan(slope) and not math.isfinite(inter):
+        raise ImageFormatError(path, f"has a scaling factor but a non-finite offset (scl_inter = {inter})")
+    if math.isinf(inter):
+        raise ImageFormatError(path, f"has an infinite scaling offset (scl_inter = {inter})")
+    if path.suffix == ".nii":  # uncompressed: the data must be in the file
+        needed = int(header.get_data_offset()) + total * header.get_data_dtype().itemsize
+        if path.stat().st_size < needed:
+            raise ImageFormatError(
+                path, f"is truncated: the header declares {needed} bytes, the file has {path.stat().st_size}")
+
+
+def load_nifti(path: str | Path, *, ndim: tuple[int, ...] = (3, 4), max_bytes: int | None = None) -> NiftiVolume:
     """Read and validate a NIfTI-1/2 file (``.nii`` or ``.nii.gz``).
 
     Args:
         path: the file.
         ndim: accepted numbers of dimensions. A trailing singleton 4th axis is squeezed for 3D.
+        max_bytes: largest volume read, as float32 in memory (default :data:`DEFAULT_MAX_BYTES`);
+            checked on the header before anything is allocated, as is :data:`MAX_SPATIAL_VOXELS`.
 
     Raises:
-        ImageFormatError: not NIfTI, truncated or corrupt, wrong dimensionality, NaN/inf voxels,
-            a zero or negative voxel size, or a singular affine.
+        ImageFormatError: not NIfTI, truncated or corrupt, wrong dimensionality, a declared size
+            over the limits, an infinite scl_slope/scl_inter, NaN/inf voxels, a zero or negative
+            voxel size, or a singular affine.
     """
     path = Path(path)
     if not path.is_file():
@@ -97,6 +138,7 @@ def load_nifti(path: str | Path, *, ndim: tuple[int, ...] = (3, 4)) -> NiftiVolu
         )
     if any(s < 1 for s in shape):
         raise ImageFormatError(path, f"has an empty dimension {tuple(img.shape)}")
+    _check_declared(path, img, shape, DEFAULT_MAX_BYTES if max_bytes is None else int(max_bytes))
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     raw_zooms = _raw_pixdim(path, type(img.header))
     if any(not np.isfinite(z) or z <= 0 for z in (*zooms, *raw_zooms)):

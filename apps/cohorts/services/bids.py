@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from django.db import transaction
+from django.conf import settings
+from django.db import IntegrityError, transaction
 
 from apps.accounts.models import Site
 from apps.accounts.permissions import can_manage_site, is_admin
+from apps.audit.services import audit_record
 from apps.cohorts.models import Cohort, Exam, Mask, Patient, Volume
-from apps.cohorts.services.store import StoreTransaction
+from apps.cohorts.services.store import StoreTransaction, media_path
 from ml.io.bids import (
     BidsDataset,
     BidsImage,
@@ -35,6 +37,13 @@ from ml.quant.suv import suv_bw_factor
 
 F18_HALF_LIFE_S = 6586.2
 ProgressFn = Callable[[float, str], None]
+
+#: Check-and-write attempts when another import commits the same rows first (a unique constraint).
+WRITE_ATTEMPTS = 3
+CONCURRENT_FAILURE = (
+    "the database refused the new rows three times (other imports of the same participants kept "
+    "writing at the same time); nothing was imported by this job: retry it"
+)
 
 
 class ImportConflict(ValueError):
@@ -60,7 +69,7 @@ class _PlannedMask:
     grid_kind: str
     n_voxels: int
     volume_ml: float
-    exists: bool
+    exists: Mask | None
 
 
 @dataclass
@@ -77,15 +86,26 @@ class ImportReport:
     skipped_other_sites: list[str] = field(default_factory=list)
     new_exam_ids: list[int] = field(default_factory=list)
     cohort: str | None = None
+    restored: int = 0
+    concurrent: bool = False
+    last_exam: Exam | None = field(default=None, repr=False)
+
+    def counts(self) -> dict:
+        keys = ("patients_created", "exams_created", "volumes_created", "masks_created", "unchanged", "restored")
+        return {k: getattr(self, k) for k in keys}
 
     def to_dict(self) -> dict:
-        return self.__dict__ | {"message": self.message()}
+        return {k: v for k, v in self.__dict__.items() if k != "last_exam"} | {"message": self.message()}
 
     def message(self) -> str:
+        created = self.patients_created + self.exams_created + self.volumes_created + self.masks_created
         return (
             f"{self.patients_created} patients, {self.exams_created} exams, {self.volumes_created} volumes, "
             f"{self.masks_created} masks imported; {self.unchanged} files unchanged"
+            + (f" ({self.restored} missing from the store restored)" if self.restored else "")
             + (f"; {len(self.skipped_other_sites)} participants of other sites skipped" if self.skipped_other_sites else "")
+            + ("; another import wrote the same data at the same time"
+               + ("" if created else ": it was already imported") if self.concurrent else "")
         )
 
 
@@ -109,8 +129,8 @@ def _pet_units_and_factor(image: BidsImage) -> tuple[str, float | None]:
     return "Bq/mL", factor
 
 
-def _plan_volume(image: BidsImage, existing: dict[str, Volume]) -> _PlannedVolume:
-    vol = load_nifti(image.path)
+def _plan_volume(image: BidsImage, existing: dict[str, Volume], *, max_bytes: int | None = None) -> _PlannedVolume:
+    vol = load_nifti(image.path, max_bytes=max_bytes)
     kind = image.kind
     if kind == "pet_dynamic" and vol.n_frames == 1 and "rec" not in image.entities:
         kind = "pet_static"
@@ -137,12 +157,13 @@ def _plan_volume(image: BidsImage, existing: dict[str, Volume]) -> _PlannedVolum
     return planned
 
 
-def _plan_mask(mask: BidsMask, volumes: dict[str, _PlannedVolume], existing: set[tuple[str, str]]) -> _PlannedMask:
+def _plan_mask(mask: BidsMask, volumes: dict[str, _PlannedVolume], existing: dict[tuple[str, str], Mask], *,
+               max_bytes: int | None = None) -> _PlannedMask:
     order = ("pet_static", "pet_dynamic") if mask.datatype == "pet" else ("t1", "t1c", "flair", "t2")
     grid_kind = next((k for k in order if k in volumes), None)
     if grid_kind is None:
         raise ImageFormatError(mask.path, f"mask on the {mask.datatype} grid but the session has no such image")
-    vol = load_nifti(mask.path, ndim=(3,))
+    vol = load_nifti(mask.path, ndim=(3,), max_bytes=max_bytes)
     grid = volumes[grid_kind].volume
     if vol.shape != grid.shape[:3] or not np.allclose(vol.affine, grid.affine, atol=1e-3):
         raise ImageFormatError(
@@ -154,10 +175,16 @@ def _plan_mask(mask: BidsMask, volumes: dict[str, _PlannedVolume], existing: set
     n = int(vol.array.sum())
     if n == 0 and mask.kind != "aggressive":  # an empty aggressive mask says "none in this exam"
         raise ImageFormatError(mask.path, "the mask is empty")
-    return _PlannedMask(
+    planned = _PlannedMask(
         mask=mask, sha256=sha256_file(mask.path), grid_kind=grid_kind, n_voxels=n,
-        volume_ml=n * float(np.prod(vol.zooms)) / 1000.0, exists=(mask.kind, grid_kind) in existing,
+        volume_ml=n * float(np.prod(vol.zooms)) / 1000.0, exists=existing.get((mask.kind, grid_kind)),
     )
+    if planned.exists is not None and planned.exists.sha256 != planned.sha256:
+        raise ImportConflict(
+            f"{mask.path}: differs from the {mask.kind} mask already stored for this exam "
+            f"(sha256 {planned.exists.sha256[:12]}… vs {planned.sha256[:12]}…); not replaced"
+        )
+    return planned
 
 
 def _check_labels(subject: BidsSubject, patient: Patient | None) -> dict:
@@ -208,48 +235,9 @@ def _target_site(subject: BidsSubject, site_name: str | None) -> str | None:
     return subject.site or site_name
 
 
-def bids_import(
-    *,
-    path: str | Path,
-    site_name: str | None = None,
-    cohort_name: str | None = None,
-    user=None,
-    progress: ProgressFn | None = None,
-) -> ImportReport:
-    """Import a BIDS-PET dataset; see the module docstring for the guarantees.
-
-    Args:
-        path: dataset root.
-        site_name: site of participants without a ``site`` column; with one, only that site's
-            participants are imported (the others are reported as skipped).
-        cohort_name: add every imported exam to this cohort (created if needed).
-        user: the importing user; ``None`` (CLI) may create sites. A non-admin user must be a
-            coordinator of every target site.
-    """
-    report_progress = progress or (lambda pct, msg="": None)
-    report_progress(1, "Checking the dataset layout and labels")
-    dataset: BidsDataset = scan_bids(path)
-    report = ImportReport(dataset=dataset.name, cohort=cohort_name)
-    targets: dict[str, str] = {}
-    for subject in dataset.subjects.values():
-        site = _target_site(subject, site_name)
-        if site is None and subject.site:
-            report.skipped_other_sites.append(f"sub-{subject.label} ({subject.site})")
-        elif site is None:
-            raise ImageFormatError(Path(path) / "participants.tsv", f"sub-{subject.label} has no site; pass --site")
-        else:
-            targets[subject.label] = site
-    if not targets:
-        raise ImageFormatError(path, f"no participant belongs to site {site_name!r}")
-    sites = {name: Site.objects.filter(name=name).first() for name in sorted(set(targets.values()))}
-    for name, site in sites.items():
-        if site is None and user is not None and not is_admin(user):
-            raise PermissionError(f"site {name!r} does not exist; an administrator must create it first")
-        if site is not None and user is not None and not can_manage_site(user, site):
-            raise PermissionError(f"you are not a coordinator of site {name!r}")
-    report.sites = sorted(sites)
-
-    # Phase 1: read and check everything, write nothing.
+def _plan(dataset: BidsDataset, path: Path, targets: dict[str, str], sites: dict[str, Site | None],
+          report_progress: ProgressFn, *, max_bytes: int | None) -> list:
+    """Phase 1: read and check everything against what is stored; write nothing."""
     plans = []
     total = sum(len(dataset.subjects[label].sessions) for label in targets)
     done = 0
@@ -266,21 +254,35 @@ def bids_import(
             existing_vols = {v.kind: v for v in exam.volumes.filter(space="native")} if exam else {}
             volumes = {}
             for image in session.images:
-                planned = _plan_volume(image, existing_vols)
+                planned = _plan_volume(image, existing_vols, max_bytes=max_bytes)
                 volumes[planned.image.kind] = planned
-            existing_masks = set(exam.masks.filter(space="native").values_list("kind", "grid__kind")) if exam else set()
-            masks = [_plan_mask(m, volumes, existing_masks) for m in session.masks]
+            existing_masks = (
+                {(m.kind, m.grid.kind): m for m in exam.masks.filter(space="native").select_related("grid")}
+                if exam else {}
+            )
+            masks = [_plan_mask(m, volumes, existing_masks, max_bytes=max_bytes) for m in session.masks]
             sessions.append((ses_label, exam, exam_values, volumes, masks))
             done += 1
             report_progress(2 + 68 * done / max(total, 1), f"Checked sub-{label} ses-{ses_label} ({done}/{total})")
         plans.append((label, site_key, patient, patient_values, sessions))
+    return plans
 
-    # Phase 2: store files, then write every row in one transaction.
+
+def _missing(row: Volume | Mask | None) -> bool:
+    """A stored row whose file is gone from the store (re-importing the same data restores it)."""
+    return row is not None and not media_path(row.file.name).is_file()
+
+
+def _write(plans: list, sites: dict[str, Site | None], report: ImportReport, *, cohort_name: str | None,
+           user, source_name: str, report_progress: ProgressFn) -> None:
+    """Phase 2: store the files, then write every row in one transaction (files kept only on success)."""
     store = StoreTransaction()
     try:
         stored: dict[Path, str] = {}
-        files = [v.image.path for *_, sessions in plans for s in sessions for v in s[3].values() if v.exists is None]
-        files += [m.mask.path for *_, sessions in plans for s in sessions for m in s[4] if not m.exists]
+        files = [v.image.path for *_, sessions in plans for s in sessions for v in s[3].values()
+                 if v.exists is None or _missing(v.exists)]
+        files += [m.mask.path for *_, sessions in plans for s in sessions for m in s[4]
+                  if m.exists is None or _missing(m.exists)]
         for i, file in enumerate(files):
             stored[file], _ = store.put_file(file, category="volumes" if "_mask" not in file.name else "masks")
             if i % 10 == 0:
@@ -296,7 +298,7 @@ def bids_import(
                     site = sites[site_key] = Site.objects.create(name=site_key, display_name=site_key.title())
                 if patient is None:
                     patient = Patient(site=site, code=label, **patient_values)
-                    patient.full_clean()
+                    patient.full_clean(exclude=["site"])  # (site, code) unique: the database says
                     patient.save()
                     report.patients_created += 1
                 else:
@@ -304,42 +306,120 @@ def bids_import(
                     if changed:
                         Patient.objects.filter(pk=patient.pk).update(**changed)
                 for ses_label, exam, exam_values, volumes, masks in sessions:
-                    if exam is None:
-                        exam = Exam(patient=patient, code=ses_label, **exam_values)
-                        exam.full_clean()
-                        exam.save()
-                        report.exams_created += 1
-                        report.new_exam_ids.append(exam.pk)
-                    rows = {}
-                    for kind, pv in volumes.items():
-                        if pv.exists is not None:
-                            rows[kind] = pv.exists
-                            report.unchanged += 1
-                            continue
-                        vol = pv.volume
-                        rows[kind] = Volume.objects.create(
-                            exam=exam, kind=kind, space="native", file=stored[pv.image.path], sha256=pv.sha256,
-                            source_name=pv.image.path.name, shape=list(vol.shape), voxel_size=list(vol.zooms),
-                            affine=vol.affine.tolist(), stored_dtype=vol.stored_dtype, units=pv.units,
-                            suv_factor=pv.suv_factor, frame_start_s=pv.frame_start_s,
-                            frame_duration_s=pv.frame_duration_s,
-                            metadata={k: v for k, v in pv.image.sidecar.items() if isinstance(v, str | int | float | bool)},
-                        )
-                        report.volumes_created += 1
-                    for pm in masks:
-                        if pm.exists:
-                            report.unchanged += 1
-                            continue
-                        Mask.objects.create(
-                            exam=exam, kind=pm.mask.kind, space="native", grid=rows[pm.grid_kind],
-                            file=stored[pm.mask.path], sha256=pm.sha256, source_name=pm.mask.path.name,
-                            n_voxels=pm.n_voxels, volume_ml=pm.volume_ml,
-                        )
-                        report.masks_created += 1
+                    _write_session(patient, ses_label, exam, exam_values, volumes, masks, stored, report)
                     if cohort is not None:
-                        cohort.exams.add(exam)
+                        cohort.exams.add(report.last_exam)
+            audit_record(
+                action="import.run", actor=user, site=next(iter(sites.values())) if len(sites) == 1 else None,
+                details={"kind": "bids", "file": source_name, "sites": report.sites} | report.counts(),
+            )
     except BaseException:
         store.rollback()
         raise
+    store.release()
+
+
+def _write_session(patient: Patient, ses_label: str, exam: Exam | None, exam_values: dict, volumes: dict,
+                   masks: list, stored: dict[Path, str], report: ImportReport) -> None:
+    if exam is None:
+        exam = Exam(patient=patient, code=ses_label, **exam_values)
+        exam.full_clean(exclude=["patient"])  # (patient, code) unique: the database says
+        exam.save()
+        report.exams_created += 1
+        report.new_exam_ids.append(exam.pk)
+    report.last_exam = exam
+    rows = {}
+    for kind, pv in volumes.items():
+        if pv.exists is not None:
+            rows[kind] = pv.exists
+            report.unchanged += 1
+            report.restored += int(pv.image.path in stored)
+            continue
+        vol = pv.volume
+        rows[kind] = Volume.objects.create(
+            exam=exam, kind=kind, space="native", file=stored[pv.image.path], sha256=pv.sha256,
+            source_name=pv.image.path.name, shape=list(vol.shape), voxel_size=list(vol.zooms),
+            affine=vol.affine.tolist(), stored_dtype=vol.stored_dtype, units=pv.units,
+            suv_factor=pv.suv_factor, frame_start_s=pv.frame_start_s,
+            frame_duration_s=pv.frame_duration_s,
+            metadata={k: v for k, v in pv.image.sidecar.items() if isinstance(v, str | int | float | bool)},
+        )
+        report.volumes_created += 1
+    for pm in masks:
+        if pm.exists is not None:
+            report.unchanged += 1
+            report.restored += int(pm.mask.path in stored)
+            continue
+        Mask.objects.create(
+            exam=exam, kind=pm.mask.kind, space="native", grid=rows[pm.grid_kind],
+            file=stored[pm.mask.path], sha256=pm.sha256, source_name=pm.mask.path.name,
+            n_voxels=pm.n_voxels, volume_ml=pm.volume_ml,
+        )
+        report.masks_created += 1
+
+
+def bids_import(
+    *,
+    path: str | Path,
+    site_name: str | None = None,
+    cohort_name: str | None = None,
+    user=None,
+    progress: ProgressFn | None = None,
+    source_name: str | None = None,
+) -> ImportReport:
+    """Import a BIDS-PET dataset; see the module docstring for the guarantees.
+
+    Args:
+        path: dataset root.
+        site_name: site of participants without a ``site`` column; with one, only that site's
+            participants are imported (the others are reported as skipped).
+        cohort_name: add every imported exam to this cohort (created if needed).
+        user: the importing user; ``None`` (CLI) may create sites. A non-admin user must be a
+            coordinator of every target site.
+        source_name: what the user calls the data (the uploaded file's name), for the audit trail.
+
+    Two imports of the same data at once: both check, the first to commit imports, the other's
+    write fails on the database's unique constraints, is rolled back (keeping the shared files,
+    see :mod:`apps.cohorts.services.store`) and checked again, and then finds everything imported:
+    it reports ``unchanged`` with ``concurrent`` set, or a conflict when the data differ.
+    """
+    report_progress = progress or (lambda pct, msg="": None)
+    report_progress(1, "Checking the dataset layout and labels")
+    dataset: BidsDataset = scan_bids(path)
+    targets: dict[str, str] = {}
+    skipped = []
+    for subject in dataset.subjects.values():
+        site = _target_site(subject, site_name)
+        if site is None and subject.site:
+            skipped.append(f"sub-{subject.label} ({subject.site})")
+        elif site is None:
+            raise ImageFormatError(Path(path) / "participants.tsv", f"sub-{subject.label} has no site; pass --site")
+        else:
+            targets[subject.label] = site
+    if not targets:
+        raise ImageFormatError(path, f"no participant belongs to site {site_name!r}")
+    max_bytes = getattr(settings, "AMINOPET_MAX_VOLUME_BYTES", None)
+    concurrent = False
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        sites = {name: Site.objects.filter(name=name).first() for name in sorted(set(targets.values()))}
+        for name, site in sites.items():
+            if site is None and user is not None and not is_admin(user):
+                raise PermissionError(f"site {name!r} does not exist; an administrator must create it first")
+            if site is not None and user is not None and not can_manage_site(user, site):
+                raise PermissionError(f"you are not a coordinator of site {name!r}")
+        report = ImportReport(dataset=dataset.name, cohort=cohort_name, sites=sorted(sites),
+                              skipped_other_sites=list(skipped), concurrent=concurrent)
+        plans = _plan(dataset, Path(path), targets, sites, report_progress, max_bytes=max_bytes)
+        try:
+            _write(plans, sites, report, cohort_name=cohort_name, user=user,
+                   source_name=source_name or Path(path).name, report_progress=report_progress)
+        except IntegrityError as exc:
+            # Another import committed the same participants, sessions or images first.
+            if attempt == WRITE_ATTEMPTS:
+                raise ImportConflict(CONCURRENT_FAILURE) from exc
+            concurrent = True
+            report_progress(5, "Another import wrote the same data at the same time; checking again")
+            continue
+        break
     report_progress(100, report.message())
     return report

@@ -1,18 +1,46 @@
 """The image store: files under MEDIA_ROOT named by their SHA-256 (content-addressed).
 
 Storing the same bytes twice is a no-op, so re-imports and retried jobs never duplicate files.
-A :class:`StoreTransaction` remembers the files it created so a failed import removes them again.
+A :class:`StoreTransaction` remembers the files it created so a failed import removes them again,
+but only when nobody else can be using them: two imports of the same data share files, and the
+loser's rollback must not delete what the winner's committed rows point to.
+
+How sharing is made safe (one lock file per stored name, under ``MEDIA_ROOT/.locks/``):
+
+* every ``put_*`` takes a shared ``flock`` on the name's lock file *before* looking whether the
+  file exists, appends its transaction token to the lock file, and keeps the lock until
+  :meth:`StoreTransaction.release` (call it after the rows are committed; it also runs when the
+  object is garbage-collected, i.e. when the caller's function returns);
+* :meth:`StoreTransaction.rollback` deletes a file it created only when the lock file holds no
+  other transaction's token (nobody else stored that name while we held it), it gets the lock
+  exclusively without waiting (nobody is storing it now), and no committed row's ``FileField``
+  names it. Anything else keeps the file: a failed import can leave an unreferenced file behind,
+  never a row without its file.
+
+The locks are ``flock(2)``: local disks and NFSv4 (which the deployment guide uses) support them
+across processes and hosts. Celery's prefork workers run one job per process.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
+import logging
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
+from django.apps import apps
 from django.conf import settings
+from django.db import DatabaseError, models
 
 from ml.io.nifti import sha256_file
+
+logger = logging.getLogger(__name__)
+
+LOCK_DIR = ".locks"
 
 
 def _suffix(name: str) -> str:
@@ -26,42 +54,167 @@ def media_path(name: str) -> Path:
     return Path(settings.MEDIA_ROOT) / name
 
 
+def _lock_path(name: str) -> Path:
+    return Path(settings.MEDIA_ROOT) / LOCK_DIR / f"{name}.lock"
+
+
+def _open_locked(name: str, operation: int) -> int | None:
+    """An fd of ``name``'s lock file holding ``operation`` (LOCK_SH / LOCK_EX, maybe | LOCK_NB).
+
+    The lock file is removed by whoever holds it exclusively last, so after locking we check that
+    the path still names the inode we locked (else retry on the new file). None: would block.
+    """
+    path = _lock_path(name)
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, operation)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return None
+            raise
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+def _still_named(name: str, fd: int) -> bool:
+    try:
+        return os.stat(_lock_path(name)).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def file_references(name: str) -> list[str]:
+    """``app.Model.field`` of every committed row whose FileField/ImageField holds ``name``."""
+    found = []
+    for model in apps.get_models():
+        for field in model._meta.concrete_fields:
+            if isinstance(field, models.FileField) and model._base_manager.filter(**{field.name: name}).exists():
+                found.append(f"{model._meta.label}.{field.name}")
+    return found
+
+
 class StoreTransaction:
-    """Collects the files written during one import; ``rollback()`` deletes the new ones."""
+    """Collects the files written during one import; ``rollback()`` deletes the new unshared ones.
+
+    Use::
+
+        store = StoreTransaction()
+        try:
+            with transaction.atomic():
+                name, sha = store.put_file(path, category="volumes")
+                Volume.objects.create(file=name, ...)
+        except BaseException:
+            store.rollback()
+            raise
+        store.release()
+    """
 
     def __init__(self) -> None:
         self.created: list[Path] = []
+        self.token = uuid.uuid4().hex
+        self._locks: dict[str, int] = {}  # stored name -> fd holding a shared lock
+
+    def _claim(self, name: str) -> None:
+        if name in self._locks:
+            return
+        fd = _open_locked(name, fcntl.LOCK_SH)
+        os.write(fd, f"{self.token}\n".encode())
+        self._locks[name] = fd
+
+    def _write(self, name: str, write) -> None:
+        """Create the store file ``name`` through ``write(tmp_path)`` unless it exists (under the lock)."""
+        self._claim(name)
+        target = media_path(name)
+        if target.exists():
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+        os.close(fd)
+        try:
+            write(tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self.created.append(target)
 
     def put_file(self, src: str | Path, *, category: str, sha256: str | None = None) -> tuple[str, str]:
         """Copy ``src`` into the store; returns (name relative to MEDIA_ROOT, sha256)."""
         sha = sha256 or sha256_file(src)
         name = f"{category}/{sha[:2]}/{sha}{_suffix(Path(src).name)}"
-        target = media_path(name)
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
-            os.close(fd)
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, target)
-            self.created.append(target)
+        self._write(name, lambda tmp: shutil.copyfile(src, tmp))
         return name, sha
 
     def put_bytes(self, data: bytes, *, category: str, suffix: str) -> tuple[str, str]:
-        import hashlib
-
         sha = hashlib.sha256(data).hexdigest()
         name = f"{category}/{sha[:2]}/{sha}{suffix}"
-        target = media_path(name)
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, target)
-            self.created.append(target)
+        self._write(name, lambda tmp: Path(tmp).write_bytes(data))
         return name, sha
 
+    def _name(self, path: Path) -> str:
+        return path.relative_to(Path(settings.MEDIA_ROOT)).as_posix()
+
+    def _others_stored(self, fd: int) -> bool:
+        os.lseek(fd, 0, os.SEEK_SET)
+        tokens = set(os.read(fd, 1 << 20).decode(errors="replace").split())
+        return bool(tokens - {self.token})
+
     def rollback(self) -> None:
+        """Delete the files this transaction created that no one else stored or references."""
         for path in self.created:
-            path.unlink(missing_ok=True)
+            name = self._name(path)
+            fd = self._locks.get(name)
+            if fd is None or self._others_stored(fd):
+                continue
+            try:  # converts our shared lock; fails while another transaction holds it
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue
+            if self._others_stored(fd) or not _still_named(name, fd):
+                continue
+            try:
+                referenced = file_references(name)
+            except DatabaseError:  # cannot tell: keep the file
+                logger.warning("store rollback: could not check references of %s; kept", name)
+                continue
+            if not referenced:
+                path.unlink(missing_ok=True)
         self.created.clear()
+        self.release()
+
+    def release(self) -> None:
+        """Drop the locks (after the rows naming the files are committed, or after rollback)."""
+        locks, self._locks = self._locks, {}
+        for name, fd in locks.items():
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                pass  # someone else holds it: they remove the lock file when they are done
+            else:
+                _lock_path(name).unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+
+    def __enter__(self) -> StoreTransaction:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.release()
+        else:
+            self.rollback()
+
+    def __del__(self) -> None:
+        if getattr(self, "_locks", None):
+            try:
+                self.release()
+            except Exception:  # interpreter shutdown: the fds close with the process
+                pass
