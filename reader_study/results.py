@@ -25,7 +25,7 @@ import pandas as pd
 from django.db.models import Q, QuerySet
 
 from apps.accounts.models import Membership, Role
-from apps.accounts.permissions import has_role, is_admin
+from apps.accounts.permissions import has_role
 from apps.registry.models import Prediction
 from reader_study.analysis import ReaderStudyData, StudyReport, study_report
 from reader_study.analysis.results import jsonable
@@ -83,27 +83,18 @@ COLUMNS: dict[str, str] = {
 def results_studies_for(user) -> QuerySet[Study]:
     """Studies whose results and exports ``user`` may see.
 
-    Admins: all. Statisticians and coordinators: the studies involving a site where they hold that
-    role (a site of the study's cases or of its readers), plus the studies a coordinator created.
-    A reader of a study never sees its results while it is not closed (blinding), whatever other
-    role they hold. Everyone else: none.
+    The study selectors' rule (:func:`reader_study.selectors.studies_for_results`: superusers all;
+    statisticians and coordinators the studies whose cohort holds an exam of one of their sites,
+    coordinators also those they created), for users holding one of :data:`RESULTS_STUDY_ROLES`;
+    and a reader of a study never sees its results while it is not closed (blinding), whatever
+    other role they hold.
     """
-    if not getattr(user, "is_authenticated", False):
+    from reader_study.selectors import studies_for_results
+
+    if not getattr(user, "is_authenticated", False) or not has_role(user, RESULTS_STUDY_ROLES):
         return Study.objects.none()
-    if is_admin(user):
-        return Study.objects.all()
-    if not has_role(user, RESULTS_STUDY_ROLES):
-        return Study.objects.none()
-    sites = Membership.objects.filter(user=user, role__in=RESULTS_STUDY_ROLES).values("site")
-    reader_users = Membership.objects.filter(role=Role.READER, site__in=sites).values("user")
-    own = (
-        Q(cases__exam__patient__site__in=sites)
-        | Q(readers__user__in=reader_users)
-        | Q(created_by=user, created_by__memberships__role=Role.COORDINATOR)
-    )
-    visible = Study.objects.filter(own).distinct()
     reading = StudyReader.objects.filter(user=user).exclude(study__status=StudyStatus.CLOSED).values("study")
-    return visible.exclude(pk__in=reading)
+    return studies_for_results(user).exclude(pk__in=reading)
 
 
 # ------------------------------------------------------------------------------------------- ratings
@@ -387,3 +378,23 @@ def study_results(study: Study, *, alpha: float = 0.05) -> StudyResults:
         time_basis=basis, acceptability=acceptability(study, frame),
         notes=tuple(notes) + (report.notes if report is not None else ()),
     )
+
+
+def study_results_cached(study: Study, *, timeout: int = 600) -> StudyResults:
+    """:func:`study_results`, reused while the study's readings, questionnaires and status are
+    unchanged (the mixed model of reading time takes about a second; the page, its figures and the
+    API ask for the same results)."""
+    from django.core.cache import cache
+    from django.db.models import Count, Max
+
+    readings = Reading.objects.filter(reader__study=study).aggregate(
+        n=Count("pk", filter=Q(submitted_at__isnull=False)), last=Max("submitted_at"), top=Max("pk"))
+    n_q = QuestionnaireResponse.objects.filter(reader__study=study).count()
+    stamp = readings["last"].isoformat() if readings["last"] else "-"
+    key = (f"reader_study.results:v1:{study.pk}:{study.status}:{readings['n']}:{readings['top']}:{stamp}:"
+           f"{n_q}:{study.rating_scale}:{study.model_version_id}")
+    results = cache.get(key)
+    if results is None:
+        results = study_results(study)
+        cache.set(key, results, timeout)
+    return results
