@@ -6,5 +6,4 @@ class CohortsConfig(AppConfig):
     label = "cohorts"
     default_auto_field = "django.db.models.BigAutoField"
 
-    def ready(self) -> None:
-        from apps.cohorts import handlers  # noqa: F401  (registers job handlers)
+    # Job handlers (handlers.py) are imported by apps.jobs on first use, not here: start-up stays light.

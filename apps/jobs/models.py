@@ -1,4 +1,9 @@
-"""Background jobs: one row per long task (import, training, inference, analysis)."""
+"""Background jobs: one row per long task (import, training, inference, analysis).
+
+A running job holds a lease: its worker refreshes ``heartbeat_at`` every few seconds, and a job whose
+heartbeat is older than ``settings.AMINOPET_JOB_LEASE_SECONDS`` belongs to a lost worker (killed,
+out of memory, machine gone); ``apps.jobs.services.job_reap_stale`` requeues or fails it.
+"""
 from __future__ import annotations
 
 from django.conf import settings
@@ -30,6 +35,10 @@ class Job(models.Model):
     )
     task_id = models.CharField(max_length=64, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
+    worker = models.CharField(max_length=255, blank=True, help_text="host:pid of the process running it")
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last sign of life of the running attempt (its lease)"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -40,7 +49,10 @@ class Job(models.Model):
             models.CheckConstraint(condition=Q(status__in=JobStatus.values), name="job_status_valid"),
             models.CheckConstraint(condition=Q(progress__lte=100), name="job_progress_0_100"),
         ]
-        indexes = [models.Index(fields=["status", "kind"])]
+        indexes = [
+            models.Index(fields=["status", "kind"]),
+            models.Index(fields=["status", "heartbeat_at"], name="job_status_heartbeat"),
+        ]
 
     def __str__(self) -> str:
         return f"Job {self.pk} {self.kind} ({self.status})"

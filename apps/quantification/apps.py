@@ -10,6 +10,6 @@ class QuantificationConfig(AppConfig):
 
     def ready(self) -> None:
         from apps.cohorts.panels import register_exam_panel
-        from apps.quantification import handlers, panels  # noqa: F401  (job handlers)
+        from apps.quantification import panels  # handlers.py: imported by apps.jobs on first use
 
         register_exam_panel(panels.quantification_panel)

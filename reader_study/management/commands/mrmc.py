@@ -7,6 +7,7 @@ the file, runs the chosen analysis and prints its ``summary()`` or ``to_dict()``
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -43,8 +44,13 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print JSON instead of the text summary")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        path = Path(options["file"])
+        if not path.exists():
+            raise CommandError(f"{path}: file not found")
+        if path.is_dir():
+            raise CommandError(f"{path} is a folder; give a ratings file (long CSV, .imrmc or .lrc)")
         try:
-            data = read_ratings(options["file"], format=options["format"])
+            data = read_ratings(path, format=options["format"])
             if options["method"] == "ustat":
                 if options["fom"] != "auc":
                     raise ValueError("--method ustat supports --fom auc only")
@@ -57,6 +63,8 @@ class Command(BaseCommand):
                                      threshold=options["threshold"], alpha=options["alpha"])
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
+        except OSError as exc:  # unreadable: permissions, a device, a broken link
+            raise CommandError(f"{path}: cannot read ({exc.strerror or exc})") from exc
         if options["json"]:
             self.stdout.write(json.dumps(result.to_dict(), indent=2))
         else:
