@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(environ.Env().str("AMINOPET_VAR_DIR", default=str(BASE_DIR / "var"))).resolve()
@@ -151,16 +153,22 @@ AMINOPET_MAX_UNZIPPED_BYTES = env.int("AMINOPET_MAX_UNZIPPED_BYTES", default=8 *
 AMINOPET_AFTER_IMPORT_JOBS = env.list("AMINOPET_AFTER_IMPORT_JOBS", default=["prepare_exam", "quantify_exam"])
 
 # --- Celery -----------------------------------------------------------------------------------
-_broker_dir = VAR_DIR / "broker"
+# A pytest process gets its own broker folder and queue (as it gets its own database), so a demo's
+# worker never takes a test's messages and the test worker (started with -Q) never takes the demo's.
+_TESTING = "pytest" in sys.modules
+AMINOPET_BROKER_DIR = Path(env.str("AMINOPET_BROKER_DIR", default=str(
+    VAR_DIR / (f"test_broker_{os.getpid()}" if _TESTING else "broker")))).resolve()
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_TASK_DEFAULT_QUEUE",
+                                    default=f"test-{os.getpid()}" if _TESTING else "celery")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     for sub in ("out", "processed", "control"):
-        (_broker_dir / sub).mkdir(parents=True, exist_ok=True)
+        (AMINOPET_BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(_broker_dir / "out"),
-        "data_folder_out": str(_broker_dir / "out"),
-        "data_folder_processed": str(_broker_dir / "processed"),
-        "control_folder": str(_broker_dir / "control"),
+        "data_folder_in": str(AMINOPET_BROKER_DIR / "out"),
+        "data_folder_out": str(AMINOPET_BROKER_DIR / "out"),
+        "data_folder_processed": str(AMINOPET_BROKER_DIR / "processed"),
+        "control_folder": str(AMINOPET_BROKER_DIR / "control"),
     }
 if CELERY_BROKER_URL.startswith("redis"):
     # acks_late: an unacknowledged task is redelivered after this; longer than the longest training.
@@ -172,7 +180,18 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TASK_EAGER_PROPAGATES = True
-CELERY_TASK_ROUTES = {"apps.registry.tasks.train_*": {"queue": env.str("AMINOPET_GPU_QUEUE", default="celery")}}
+CELERY_TASK_ROUTES = {"apps.registry.tasks.train_*": {
+    "queue": env.str("AMINOPET_GPU_QUEUE", default=CELERY_TASK_DEFAULT_QUEUE)}}
+
+# Jobs (apps.jobs): a running job's worker refreshes its heartbeat every AMINOPET_JOB_HEARTBEAT_SECONDS;
+# one silent for AMINOPET_JOB_LEASE_SECONDS belongs to a lost worker and is requeued (while it has
+# had fewer than AMINOPET_JOB_MAX_ATTEMPTS attempts) or failed; workers look every AMINOPET_JOB_REAP_SECONDS.
+AMINOPET_JOB_HEARTBEAT_SECONDS = env.float("AMINOPET_JOB_HEARTBEAT_SECONDS", default=15.0)
+AMINOPET_JOB_LEASE_SECONDS = env.float("AMINOPET_JOB_LEASE_SECONDS", default=120.0)
+AMINOPET_JOB_MAX_ATTEMPTS = env.int("AMINOPET_JOB_MAX_ATTEMPTS", default=2)
+AMINOPET_JOB_REAP_SECONDS = env.float("AMINOPET_JOB_REAP_SECONDS", default=60.0)
+if AMINOPET_JOB_LEASE_SECONDS < 3 * AMINOPET_JOB_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured("AMINOPET_JOB_LEASE_SECONDS must be at least 3 heartbeats long")
 
 # --- REST framework ---------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -7,6 +7,26 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_broker():
+    """This process's broker folder or queue (settings: test_broker_<pid>, test-<pid>) goes at the end."""
+    yield
+    from django.conf import settings
+
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    if settings.CELERY_BROKER_URL.startswith("filesystem://"):
+        if settings.AMINOPET_BROKER_DIR.name.startswith("test_broker_"):
+            shutil.rmtree(settings.AMINOPET_BROKER_DIR, ignore_errors=True)
+    elif queue.startswith("test-"):
+        from config.celery import app
+
+        try:
+            with app.connection_for_write() as conn:
+                conn.default_channel.queue_delete(queue)
+        except Exception:  # the broker went away: nothing to clean
+            pass
+
+
 @pytest.fixture(autouse=True)
 def _media_root(settings, tmp_path):
     """Each test gets its own image store; the test client speaks plain HTTP."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 from django.conf import settings
@@ -10,11 +9,8 @@ from django.db import transaction
 from django.urls import reverse
 
 from apps.cohorts.models import Exam
-from apps.cohorts.services.bids import bids_import
-from apps.cohorts.services.prepare import exam_prepare
 from apps.jobs.models import Job
-from apps.jobs.services import Progress, handler_kinds, job_handler, job_submit
-from ml.io.archive import safe_extract, single_root
+from apps.jobs.services import Progress, handler_kinds, job_handler, job_scratch_dir, job_submit
 
 
 def exam_links(exam_ids: list[int], *, limit: int = 30) -> list[dict]:
@@ -29,13 +25,15 @@ def _user(job: Job):
     return job.created_by if job.created_by_id else None
 
 
-def _workdir() -> Path:
-    Path(settings.MEDIA_ROOT).mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix="import-", dir=settings.MEDIA_ROOT))
+def _workdir(job: Job) -> Path:
+    """The job's scratch folder: removed when the attempt ends, or by the reaper if its worker dies."""
+    return job_scratch_dir(job=job, prefix="import-")
 
 
 def _source(job: Job, workdir: Path) -> Path:
     """The dataset folder: the given path, or the uploaded zip extracted safely."""
+    from ml.io.archive import safe_extract, single_root
+
     path = Path(job.params["path"])
     if path.suffix.lower() == ".zip":
         return single_root(safe_extract(path, workdir, max_bytes=settings.AMINOPET_MAX_UNZIPPED_BYTES))
@@ -52,7 +50,9 @@ def queue_after_import(exam_ids: list[int], *, user=None) -> None:
 
 @job_handler("import_bids")
 def handle_import_bids(job: Job, progress: Progress) -> dict:
-    workdir = _workdir()
+    from apps.cohorts.services.bids import bids_import
+
+    workdir = _workdir(job)
     try:
         report = bids_import(
             path=_source(job, workdir), site_name=job.params.get("site"),
@@ -69,7 +69,7 @@ def handle_import_bids(job: Job, progress: Progress) -> dict:
 def handle_import_dicom(job: Job, progress: Progress) -> dict:
     from apps.cohorts.services.dicom import dicom_import
 
-    workdir = _workdir()
+    workdir = _workdir(job)
     try:
         params = dict(job.params)
         params.pop("path")
@@ -84,6 +84,8 @@ def handle_import_dicom(job: Job, progress: Progress) -> dict:
 
 @job_handler("prepare_exam")
 def handle_prepare_exam(job: Job, progress: Progress) -> dict:
+    from apps.cohorts.services.prepare import exam_prepare
+
     exam = Exam.objects.get(pk=job.params["exam"])
     return exam_prepare(exam=exam, progress=progress) | {"links": exam_links([exam.pk])}
 
