@@ -52,6 +52,8 @@ READER_PAGE = _expect(403, anon=302, reader=200, reader_out=404, admin=404)
 READER_REDIRECT = _expect(403, anon=302, reader=302, reader_out=404, admin=404)
 API_MANAGE_DETAIL = _expect(403, coordinator=200, coord_other=200, coord_third=404, admin=200)
 API_READER = _expect(403, reader=200, reader_out=404, admin=404)
+RESULTS_PAGE = _expect(403, anon=302, coordinator=200, coord_other=200, coord_third=404, statistician=200, admin=200)
+RESULTS_API = _expect(403, coordinator=200, coord_other=200, coord_third=404, statistician=200, admin=200)
 
 STUDY = {"slug": "slug"}
 CASE = {"slug": "slug", "code": "code"}
@@ -83,6 +85,16 @@ CASES = [
     ("api:reading-case", {**CASE, "arm": "=unaided"}, "get", API_READER),
     ("api:reading-case", {**CASE, "arm": "=aided"}, "get", _expect(403, reader_out=404, admin=404)),
     ("api:reading-case", {**CASE, "arm": "=unaided"}, "post", _expect(403, reader=409, reader_out=404, admin=404)),
+    # results (tests/reader_study/test_results_permissions.py walks them on a study with readings);
+    # no reading here yet: figures 404, exports 409 (page) / 400 (API) for those allowed
+    ("reader_study:results", STUDY, "get", RESULTS_PAGE),
+    ("reader_study:results-figure", {**STUDY, "figure": "=roc"}, "get",
+     {**RESULTS_PAGE, **{r: 404 for r, s in RESULTS_PAGE.items() if s == 200}}),
+    ("reader_study:results-export", {**STUDY, "fmt": "=csv"}, "get",
+     {**RESULTS_PAGE, **{r: 409 for r, s in RESULTS_PAGE.items() if s == 200}}),
+    ("api:study-results", STUDY, "get", RESULTS_API),
+    ("api:study-export", {**STUDY, "fmt": "=csv"}, "get",
+     {**RESULTS_API, **{r: 400 for r, s in RESULTS_API.items() if s == 200}}),
 ]
 
 
