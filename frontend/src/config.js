@@ -18,7 +18,9 @@
  *
  * The first volume is the MRI base image; every further volume, then every overlay, is fused on
  * top in order. The "PET" controls (opacity, window, colormap) act on `petIndex`, by default the
- * second volume.
+ * second volume. The optional keys `bases` (alternative MRI bases), `lesion`, `dynamic` (a 4D PET
+ * with frame times, loaded on demand) and `tac` (time-activity curves) are described in
+ * frontend/README.md; apps/quantification/viewer.py builds them.
  */
 
 /** Slice layouts understood by the viewer, mapped to NiiVue's SLICE_TYPE values. */
@@ -115,7 +117,80 @@ function parseVolume(raw, where, index, isBase) {
   const volume = { url: raw.url, name, colormap, opacity, cal_min: calMin, cal_max: calMax };
   if (raw.filename !== undefined) volume.filename = raw.filename;
   volume.filename = niivueFileName(volume, index);
+  volume.key = optionalString(raw.key, `${where}.key`);
+  volume.unit = optionalString(raw.unit, `${where}.unit`, true) ?? '';
+  volume.description = optionalString(raw.description, `${where}.description`, true) ?? '';
+  volume.window_basis = optionalString(raw.window_basis, `${where}.window_basis`, true) ?? '';
+  volume.colormap_negative = optionalString(raw.colormap_negative, `${where}.colormap_negative`) ?? '';
+  if (raw.visible !== undefined && typeof raw.visible !== 'boolean') {
+    throw new ConfigError(`${where}.visible must be true or false`);
+  }
+  volume.visible = raw.visible ?? true;
   return volume;
+}
+
+function optionalString(value, where, allowEmpty = false) {
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== 'string' || (!allowEmpty && value === '')) {
+    throw new ConfigError(`${where} must be a ${allowEmpty ? '' : 'non-empty '}string when given`);
+  }
+  return value;
+}
+
+function numberList(value, where, { minLength = 1, increasing = false } = {}) {
+  if (!Array.isArray(value) || value.length < minLength) {
+    throw new ConfigError(`${where} must be a list of at least ${minLength} numbers`);
+  }
+  const out = value.map((v, i) => finiteNumber(v, `${where}[${i}]`));
+  if (increasing && out.some((v, i) => i > 0 && !(v > out[i - 1]))) {
+    throw new ConfigError(`${where} must be strictly increasing`);
+  }
+  return out;
+}
+
+function parseDynamic(raw) {
+  if (raw === undefined || raw === null) return null;
+  const where = 'viewer config "dynamic"';
+  if (!isPlainObject(raw)) throw new ConfigError(`${where} must be an object with "url" and "frames_mid_min"`);
+  const volume = parseVolume({ colormap: 'warm', ...raw }, 'dynamic', 0, false);
+  const mid = numberList(raw.frames_mid_min, 'dynamic.frames_mid_min', { increasing: true });
+  const duration = raw.frames_duration_min === undefined || raw.frames_duration_min === null
+    ? null
+    : numberList(raw.frames_duration_min, 'dynamic.frames_duration_min');
+  if (duration && duration.length !== mid.length) {
+    throw new ConfigError(`dynamic.frames_duration_min has ${duration.length} frames, frames_mid_min ${mid.length}`);
+  }
+  return { ...volume, key: 'dynamic', frames_mid_min: mid, frames_duration_min: duration };
+}
+
+function parseTac(raw) {
+  if (raw === undefined || raw === null) return null;
+  if (!isPlainObject(raw) || !Array.isArray(raw.curves)) {
+    throw new ConfigError('viewer config "tac" must be an object with a "curves" list');
+  }
+  const curves = raw.curves.map((c, i) => {
+    const where = `tac.curves[${i}]`;
+    if (!isPlainObject(c)) throw new ConfigError(`${where} must be an object`);
+    const t = numberList(c.t_min, `${where}.t_min`, { increasing: true });
+    const values = numberList(c.values, `${where}.values`);
+    if (values.length !== t.length) {
+      throw new ConfigError(`${where}: ${values.length} values for ${t.length} times`);
+    }
+    return {
+      key: optionalString(c.key, `${where}.key`) ?? `curve${i}`,
+      name: optionalString(c.name, `${where}.name`) ?? `Curve ${i + 1}`,
+      color: optionalString(c.color, `${where}.color`) ?? '#dddddd',
+      t_min: t,
+      values,
+    };
+  });
+  return {
+    x_label: optionalString(raw.x_label, 'tac.x_label', true) ?? 'time',
+    x_unit: optionalString(raw.x_unit, 'tac.x_unit', true) ?? 'min',
+    y_label: optionalString(raw.y_label, 'tac.y_label', true) ?? '',
+    y_unit: optionalString(raw.y_unit, 'tac.y_unit', true) ?? 'SUV',
+    curves,
+  };
 }
 
 /**
@@ -198,7 +273,99 @@ export function parseConfig(raw) {
   }
   const radiological = raw.radiological ?? false;
 
-  return { volumes, crosshair, sliceType, markers, petIndex, height, radiological };
+  // Every layer has a unique key: the base, the PET and the overlays are driven by it.
+  const seen = new Set();
+  volumes.forEach((v, i) => {
+    if (!v.key) v.key = i === 0 ? 'base' : i === petIndex ? 'pet' : `layer${i}`;
+    if (seen.has(v.key)) throw new ConfigError(`layer key "${v.key}" is used twice`);
+    seen.add(v.key);
+  });
+
+  const rawBases = raw.bases ?? [];
+  if (!Array.isArray(rawBases)) throw new ConfigError('viewer config "bases" must be a list when given');
+  const bases = rawBases.map((b, i) => {
+    const base = parseVolume(b, `bases[${i}]`, 0, true);
+    if (!base.key) throw new ConfigError(`bases[${i}].key must name the base (e.g. "t1c", "flair")`);
+    return base;
+  });
+  if (bases.length > 0 && !bases.some((b) => b.key === volumes[0].key)) {
+    throw new ConfigError(`viewer config "bases" must include the first volume (key "${volumes[0].key}")`);
+  }
+
+  let lesion = null;
+  if (raw.lesion !== undefined && raw.lesion !== null) {
+    if (!isPlainObject(raw.lesion)) throw new ConfigError('viewer config "lesion" must be an object with "mm"');
+    lesion = {
+      mm: mmTriple(raw.lesion.mm, 'lesion.mm'),
+      label: optionalString(raw.lesion.label, 'lesion.label', true) ?? 'lesion',
+      suv_max: optionalNumber(raw.lesion.suv_max, 'lesion.suv_max') ?? null,
+      unit: optionalString(raw.lesion.unit, 'lesion.unit', true) ?? '',
+    };
+  }
+
+  return {
+    volumes, crosshair, sliceType, markers, petIndex, height, radiological, bases, lesion,
+    dynamic: parseDynamic(raw.dynamic), tac: parseTac(raw.tac),
+  };
+}
+
+/**
+ * Display text of a value with its unit: `6.67 SUV`, `12.5 min`, `812` (no unit), `–` (none).
+ *
+ * @param {number} value
+ * @param {string} [unit]
+ * @returns {string}
+ */
+export function formatWithUnit(value, unit = '') {
+  const text = formatValue(value);
+  return unit && text !== '–' ? `${text} ${unit}` : text;
+}
+
+/**
+ * Label of a dynamic frame: `frame 5 of 21 · 12.5 min p.i.` (mid-time after injection).
+ *
+ * @param {{frames_mid_min: number[]}} dynamic
+ * @param {number} index zero-based frame
+ * @returns {string}
+ */
+export function frameLabel(dynamic, index) {
+  const n = dynamic.frames_mid_min.length;
+  const t = dynamic.frames_mid_min[index];
+  return `frame ${index + 1} of ${n} · ${(Math.round(t * 10) / 10).toFixed(1)} min p.i.`;
+}
+
+function niceStep(span, ticks) {
+  const raw = span / Math.max(1, ticks);
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const norm = raw / mag;
+  return (norm <= 1 ? 1 : norm <= 2 ? 2 : norm <= 5 ? 5 : 10) * mag;
+}
+
+/**
+ * Geometry of the TAC chart (pure, unit-tested): axis ranges from 0, "nice" ticks, one SVG path per
+ * curve, and the x position of a time marker.
+ *
+ * @param {{curves: {t_min: number[], values: number[]}[]}} tac
+ * @param {{width: number, height: number, left?: number, right?: number, top?: number, bottom?: number}} box
+ * @returns {{x: (t: number) => number, y: (v: number) => number, xMax: number, yMax: number,
+ *            xTicks: number[], yTicks: number[], paths: string[]}}
+ */
+export function tacChartModel(tac, box) {
+  const { width, height, left = 34, right = 8, top = 8, bottom = 26 } = box;
+  const allT = tac.curves.flatMap((c) => c.t_min);
+  const allV = tac.curves.flatMap((c) => c.values);
+  const tStep = niceStep(Math.max(...allT, 1), 4);
+  const xMax = Math.ceil(Math.max(...allT, 1) / tStep) * tStep;
+  const vStep = niceStep(Math.max(...allV, 0.1), 4);
+  const yMax = Math.ceil(Math.max(...allV, 0.1) / vStep) * vStep;
+  const plotW = width - left - right;
+  const plotH = height - top - bottom;
+  const x = (t) => left + (t / xMax) * plotW;
+  const y = (v) => top + plotH - (Math.max(0, v) / yMax) * plotH;
+  const ticks = (max, step) => Array.from({ length: Math.round(max / step) + 1 }, (_, i) => Number((i * step).toPrecision(6)));
+  const paths = tac.curves.map((c) => c.t_min
+    .map((t, i) => `${i === 0 ? 'M' : 'L'}${x(t).toFixed(1)},${y(c.values[i]).toFixed(1)}`).join(' '));
+  return { x, y, xMax, yMax, xTicks: ticks(xMax, tStep), yTicks: ticks(yMax, vStep), paths };
 }
 
 /**

@@ -1,4 +1,4 @@
-"""The built viewer bundle in headless Chromium: loads two NIfTI volumes, renders, reacts.
+"""The built viewer bundle in headless Chromium: loads NIfTI volumes, draws, reacts.
 
 Needs `frontend/dist/aminopet/viewer.js` (`npm ci && npm run build` in frontend/) and
 /usr/bin/chromium; skips with the reason otherwise. The volumes are small analytic phantoms
@@ -27,6 +27,7 @@ ORIGIN_MM = np.array([-40.0, -48.0, -30.0])
 HOT_VOXEL = (26, 20, 21)  # centre of the PET hot spot
 HOT_VALUE = 4.25  # exact in float32
 MRI_AT_HOT = 812  # MRI value written at the hot voxel (int16)
+N_FRAMES = 4
 
 
 def _affine() -> np.ndarray:
@@ -53,7 +54,10 @@ def _write_volumes(directory: Path) -> None:
     pet = np.where(r < 1.0, 1.0, 0.05) + (HOT_VALUE - 1.0) * np.exp(-d2 / (2 * 3.0**2))
     pet = pet.astype(np.float32)
     pet[HOT_VOXEL] = HOT_VALUE
-    for name, data in (("mri.nii.gz", mri), ("pet.nii.gz", pet)):
+    voi = (d2 <= 3**2).astype(np.uint8)
+    # a 4D "dynamic PET": frame k is the static PET scaled by (k + 1) / N_FRAMES
+    dyn = np.stack([pet * (k + 1) / N_FRAMES for k in range(N_FRAMES)], axis=-1).astype(np.float32)
+    for name, data in (("mri.nii.gz", mri), ("pet.nii.gz", pet), ("voi.nii.gz", voi), ("dyn.nii.gz", dyn)):
         img = nib.Nifti1Image(data, _affine())
         img.set_qform(_affine(), code=1)
         img.set_sform(_affine(), code=1)
@@ -89,9 +93,9 @@ def site(tmp_path: Path, static_server) -> tuple[Path, str]:
 
 CONFIG = {
     "volumes": [
-        {"url": "mri.nii.gz", "name": "T1c", "colormap": "gray"},
+        {"url": "mri.nii.gz", "name": "T1c", "colormap": "gray", "unit": "a.u."},
         {"url": "pet.nii.gz", "name": "FET PET", "colormap": "warm", "opacity": 1.0,
-         "cal_min": 1.2, "cal_max": 4.0},
+         "cal_min": 1.2, "cal_max": 4.0, "unit": "SUV"},
     ],
     "sliceType": "axial",
     "crosshair": _voxel_mm(HOT_VOXEL),
@@ -99,16 +103,23 @@ CONFIG = {
 }
 
 
-def _open(page, url: str) -> None:
+def _open(page, url: str, *, n_volumes: int = 2) -> None:
     page.goto(url)
     page.wait_for_function(
-        "() => ['ready', 'error'].includes(document.getElementById('viewer').dataset.viewerState)",
+        "() => ['drawn', 'error'].includes(document.getElementById('viewer').dataset.viewerState)",
         timeout=60_000,
     )
     state = page.eval_on_selector("#viewer", "el => el.dataset.viewerState")
-    assert state == "ready", page.inner_text("#viewer") + "\n" + "\n".join(page.console_errors)
-    # `ready` is the same promise the page exposes; awaiting it also proves it resolved.
-    assert page.evaluate("() => document.getElementById('viewer').aminopetViewer.ready.then(v => v.nv.volumes.length)") == 2
+    assert state == "drawn", page.inner_text("#viewer") + "\n" + "\n".join(page.console_errors)
+    # `ready` resolves with the first image (base + PET); the overlays follow (`overlaysReady`).
+    assert page.evaluate("() => document.getElementById('viewer').aminopetViewer.ready.then(v => v.nv.volumes.length)") >= 2
+    assert page.evaluate("() => document.getElementById('viewer').aminopetViewer.overlaysReady"
+                         ".then(v => v.nv.volumes.length)") == n_volumes
+
+
+def _number(text: str) -> float:
+    """The number of a readout such as '4.25 SUV'."""
+    return float(text.split()[0])
 
 
 def _canvas_pixels(page, selector: str = "#viewer canvas") -> np.ndarray:
@@ -166,8 +177,9 @@ def test_readout_shows_values_under_crosshair(page, site) -> None:
 
     mm = [float(v) for v in page.inner_text("[data-readout='mm']").split(",")]
     np.testing.assert_allclose(mm, _voxel_mm(HOT_VOXEL), atol=0.05)
-    assert float(page.inner_text("[data-readout-volume='1']")) == pytest.approx(HOT_VALUE)
-    assert float(page.inner_text("[data-readout-volume='0']")) == MRI_AT_HOT
+    assert page.inner_text("[data-readout-layer='pet']").endswith(" SUV")
+    assert _number(page.inner_text("[data-readout-volume='1']")) == pytest.approx(HOT_VALUE)
+    assert _number(page.inner_text("[data-readout-volume='0']")) == MRI_AT_HOT
 
     # "go to marker" moves the crosshair and the readout follows the data there
     target = (12, 30, 14)
@@ -176,7 +188,7 @@ def test_readout_shows_values_under_crosshair(page, site) -> None:
     np.testing.assert_allclose(mm, _voxel_mm(target), atol=0.05)
     pet = nib.load(site[0] / "pet.nii.gz").get_fdata()
     expected = float(f"{pet[target]:.4g}")
-    assert float(page.inner_text("[data-readout-volume='1']")) == pytest.approx(expected, rel=1e-3)
+    assert _number(page.inner_text("[data-readout-volume='1']")) == pytest.approx(expected, rel=1e-3)
 
 
 def test_pet_window_inputs_follow_config_and_update_volume(page, site) -> None:
@@ -238,10 +250,108 @@ def test_mount_on_canvas_through_the_js_api(page, site) -> None:
         }""",
         config,
     )
-    assert result["state"] == "ready" and result["same"] and result["wrapped"] and result["n"] == 2
+    assert result["state"] == "drawn" and result["same"] and result["wrapped"] and result["n"] == 2
     np.testing.assert_allclose([float(v) for v in result["mm"].split(",")], _voxel_mm((12, 30, 14)), atol=0.05)
     assert page.get_by_role("button", name="Multiplanar").get_attribute("aria-pressed") == "true"
     page.get_by_role("button", name="Coronal").click()
     assert page.evaluate("() => document.getElementById('c').aminopetViewer.nv.opts.sliceType") == 1
     assert page.get_by_role("button", name="Coronal").get_attribute("aria-pressed") == "true"
     assert _canvas_pixels(page, "#c").var() > 0
+
+
+READING_CONFIG = {
+    **CONFIG,
+    "overlays": [{"url": "voi.nii.gz", "key": "voi", "name": "Tumour VOI", "colormap": "green", "opacity": 0.8,
+                  "visible": False, "cal_min": 0.5, "cal_max": 1.0, "description": "1 inside, 0 outside"}],
+    "crosshair": _voxel_mm(HOT_VOXEL),
+    "lesion": {"mm": _voxel_mm(HOT_VOXEL), "label": "tumour SUVmax", "suv_max": HOT_VALUE, "unit": "SUV"},
+    "dynamic": {"url": "dyn.nii.gz", "filename": "dyn.nii.gz", "unit": "SUV",
+                "frames_mid_min": [0.5, 2.0, 7.5, 25.0]},
+    "tac": {"x_label": "time after injection", "x_unit": "min", "y_label": "mean SUV", "y_unit": "SUV",
+            "curves": [{"key": "tumor", "name": "Tumour VOI", "color": "#e0483a",
+                        "t_min": [0.5, 2.0, 7.5, 25.0], "values": [1.0, 2.1, 3.2, 4.25]}]},
+}
+
+
+def _green_fraction(rgb: np.ndarray) -> float:
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return float(np.mean((g - r > 60) & (g - b > 60)))
+
+
+def test_loading_status_until_the_first_image_is_drawn(page, site) -> None:
+    directory, base = site
+    (directory / "index.html").write_text(_page_html(READING_CONFIG))
+    release = []
+
+    def slow(route):  # hold the PET until the test has seen the loading state
+        release.append(route)
+
+    page.route("**/pet.nii.gz", slow)
+    page.goto(f"{base}/index.html")
+    page.wait_for_function("() => document.querySelector('#viewer .aminopet-status')", timeout=30_000)
+    status = page.locator("#viewer [role=status]")
+    assert status.is_visible() and status.inner_text() == "Loading images…"
+    assert page.eval_on_selector("#viewer", "el => el.dataset.viewerState") == "loading"
+    page.wait_for_timeout(300)
+    assert page.eval_on_selector("#viewer", "el => el.dataset.viewerState") == "loading"
+    release[0].continue_()
+    page.wait_for_function("() => document.getElementById('viewer').dataset.viewerState === 'drawn'", timeout=60_000)
+    assert not status.is_visible()
+    timings = page.evaluate("() => document.getElementById('viewer').aminopetViewer.timings")
+    assert timings["loaded"] <= timings["drawn"]
+    assert page.evaluate("() => performance.getEntriesByName('aminopet:drawn').length") == 1
+    assert _canvas_pixels(page).var() > 0
+
+
+def test_reading_config_opens_on_the_lesion_and_toggles_overlays(page, site) -> None:
+    directory, base = site
+    (directory / "index.html").write_text(_page_html(READING_CONFIG))
+    _open(page, f"{base}/index.html", n_volumes=3)
+
+    crosshair = page.evaluate("() => document.getElementById('viewer').aminopetViewer.crosshairMm()")
+    np.testing.assert_allclose(crosshair, _voxel_mm(HOT_VOXEL), atol=VOXEL_MM / 2)
+    # PET window inputs carry the unit, the VOI starts hidden
+    assert "SUV" in page.locator("#viewer fieldset", has_text="FET PET").first.inner_text()
+    toggle = page.get_by_role("checkbox", name="Tumour VOI")
+    assert not toggle.is_checked()
+    opacity = "() => { const v = document.getElementById('viewer').aminopetViewer; " \
+              "return v.nv.volumes[v.nv.getVolumeIndexByID(v.layers.get('voi').image.id)].opacity; }"
+    assert page.evaluate(opacity) == 0
+    hidden = _green_fraction(_canvas_pixels(page))
+
+    toggle.check()
+    page.wait_for_function(f"() => ({opacity})() > 0.79")
+    shown = _green_fraction(_canvas_pixels(page))
+    assert shown > hidden + 0.001, (hidden, shown)
+    assert page.locator("[data-readout-layer='voi']").is_visible()
+    assert _number(page.inner_text("[data-readout-layer='voi']")) == 1
+
+    page.get_by_label("Tumour VOI opacity").fill("0.3")
+    assert page.evaluate(opacity) == pytest.approx(0.3)
+    toggle.uncheck()
+    assert page.evaluate(opacity) == 0
+    assert not page.locator("[data-readout-layer='voi']").is_visible()
+
+
+def test_dynamic_frames_load_on_demand_and_mark_the_tac(page, site) -> None:
+    directory, base = site
+    (directory / "index.html").write_text(_page_html(READING_CONFIG))
+    requested = []
+    page.on("request", lambda r: requested.append(r.url.rsplit("/", 1)[-1]))
+    _open(page, f"{base}/index.html", n_volumes=3)
+    assert "dyn.nii.gz" not in requested  # not fetched up front
+    assert page.locator("[data-tac] path[data-curve='tumor']").count() == 1
+    assert "SUV" in page.inner_text("[data-tac]") and "min" in page.inner_text("[data-tac]")
+
+    frame = page.evaluate("() => document.getElementById('viewer').aminopetViewer.showFrame(1)")
+    assert frame == 1 and "dyn.nii.gz" in requested
+    assert page.inner_text("[data-frame-label]") == "frame 2 of 4 · 2.0 min p.i."
+    # the readout now shows the frame's value at the hot voxel: HOT_VALUE * 2 / 4
+    page.evaluate("() => document.getElementById('viewer').aminopetViewer.nv.createOnLocationChange()")
+    assert _number(page.inner_text("[data-readout-layer='pet']")) == pytest.approx(HOT_VALUE * 2 / N_FRAMES, rel=1e-3)
+    marker_x = float(page.get_attribute("[data-frame-marker]", "x1"))
+    model_x = page.evaluate("() => 34 + (2.0 / 30) * (236 - 34 - 8)")
+    assert marker_x == pytest.approx(model_x, abs=0.5)
+    page.get_by_role("checkbox", name="Show one frame instead of the static PET").uncheck()
+    page.evaluate("() => document.getElementById('viewer').aminopetViewer.nv.createOnLocationChange()")
+    assert _number(page.inner_text("[data-readout-layer='pet']")) == pytest.approx(HOT_VALUE)
