@@ -149,6 +149,14 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 20 * 1024 * 1024
 # Cap on the expanded size of an uploaded zip (zip-bomb guard), bytes.
 AMINOPET_MAX_UNZIPPED_BYTES = env.int("AMINOPET_MAX_UNZIPPED_BYTES", default=8 * 1024**3)
+# Largest image an import reads (float32 in memory, all frames), checked on the NIfTI header first.
+AMINOPET_MAX_VOLUME_BYTES = env.int("AMINOPET_MAX_VOLUME_BYTES", default=2 * 1024**3)
+# Uploaded archives hold names, IDs and birth dates: deleted after a successful import, kept this
+# many days after a failed one (so the job can be retried), then removed (manage.py cleanup_uploads).
+AMINOPET_FAILED_UPLOAD_RETENTION_DAYS = env.int("AMINOPET_FAILED_UPLOAD_RETENTION_DAYS", default=7)
+# Secret the DICOM date shift and UID remapping derive from (default: SECRET_KEY). Set it on its own
+# so rotating SECRET_KEY does not change the shift of later exams of the same patient.
+AMINOPET_DEID_SECRET = env.str("AMINOPET_DEID_SECRET", default="")
 
 # Jobs queued for every newly imported exam (by kind; each app registers its handler).
 AMINOPET_AFTER_IMPORT_JOBS = env.list("AMINOPET_AFTER_IMPORT_JOBS", default=["prepare_exam", "quantify_exam"])

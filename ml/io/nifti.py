@@ -65,16 +65,43 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _raw_pixdim(path: Path, header_class) -> tuple[float, ...]:
-    """pixdim[1:4] as stored: nibabel silently replaces zeros by 1 when it loads."""
+def _raw_header(path: Path):
+    """The header as stored, or None: nibabel replaces zero voxel sizes by 1 and moves (or drops)
+    scl_slope/scl_inter when it loads, and refuses some scalings with a message naming neither."""
     from nibabel.openers import ImageOpener
 
     try:
         with ImageOpener(str(path)) as handle:
-            header = header_class.from_fileobj(handle, check=False)
-        return tuple(abs(float(z)) if z != 0 else 0.0 for z in header["pixdim"][1:4])
+            size = int(np.frombuffer(handle.read(4), dtype="<i4")[0])
+            handle.seek(0)
+            swapped = size not in (348, 540)
+            if swapped:
+                size = int(np.frombuffer(np.int32(size).tobytes(), dtype=">i4")[0])
+            header_class = {348: nib.Nifti1Header, 540: nib.Nifti2Header}.get(size)
+            return header_class.from_fileobj(handle, check=False) if header_class else None
     except Exception:  # the full load reports unreadable files
+        return None
+
+
+def _raw_pixdim(header) -> tuple[float, ...]:
+    """pixdim[1:4] as stored (0 stays 0)."""
+    if header is None:
         return ()
+    return tuple(abs(float(z)) if z != 0 else 0.0 for z in header["pixdim"][1:4])
+
+
+def _check_scaling(path: Path, header) -> None:
+    if header is None:
+        return
+    slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
+    # NIfTI-1: scl_slope 0 (or NaN, what nibabel writes) means "not scaled"; nibabel also silently
+    # ignores an infinite slope, which would hide a broken writer.
+    if math.isinf(slope):
+        raise ImageFormatError(path, f"has an infinite scaling factor (scl_slope = {slope})")
+    if math.isinf(inter):
+        raise ImageFormatError(path, f"has an infinite scaling offset (scl_inter = {inter})")
+    if slope != 0 and not math.isnan(slope) and math.isnan(inter):
+        raise ImageFormatError(path, f"has a scaling factor but a non-finite offset (scl_inter = {inter})")
 
 
 def _check_declared(path: Path, img, shape: tuple[int, ...], max_bytes: int) -> None:
@@ -90,15 +117,6 @@ def _check_declared(path: Path, img, shape: tuple[int, ...], max_bytes: int) -> 
             path, f"declares {' x '.join(map(str, shape))} voxels ({total * 4 / 1024**3:.1f} GiB as float32), "
             f"more than the {max_bytes / 1024**3:.1f} GiB limit (AMINOPET_MAX_VOLUME_BYTES)")
     header = img.header
-    slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
-    # NIfTI-1: scl_slope 0 (or NaN, what nibabel writes) means "not scaled"; nibabel also silently
-    # ignores an infinite slope, which would hide a broken writer.
-    if math.isinf(slope):
-        raise ImageFormatError(path, f"has an infinite scaling factor (scl_slope = {slope})")
-    if slope != 0 and not math.isnan(slope) and not math.isfinite(inter):
-        raise ImageFormatError(path, f"has a scaling factor but a non-finite offset (scl_inter = {inter})")
-    if math.isinf(inter):
-        raise ImageFormatError(path, f"has an infinite scaling offset (scl_inter = {inter})")
     if path.suffix == ".nii":  # uncompressed: the data must be in the file
         needed = int(header.get_data_offset()) + total * header.get_data_dtype().itemsize
         if path.stat().st_size < needed:
@@ -123,6 +141,8 @@ def load_nifti(path: str | Path, *, ndim: tuple[int, ...] = (3, 4), max_bytes: i
     path = Path(path)
     if not path.is_file():
         raise ImageFormatError(path, "file not found")
+    raw_header = _raw_header(path)
+    _check_scaling(path, raw_header)
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises several types for a non-NIfTI file
@@ -140,7 +160,7 @@ def load_nifti(path: str | Path, *, ndim: tuple[int, ...] = (3, 4), max_bytes: i
         raise ImageFormatError(path, f"has an empty dimension {tuple(img.shape)}")
     _check_declared(path, img, shape, DEFAULT_MAX_BYTES if max_bytes is None else int(max_bytes))
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    raw_zooms = _raw_pixdim(path, type(img.header))
+    raw_zooms = _raw_pixdim(raw_header)
     if any(not np.isfinite(z) or z <= 0 for z in (*zooms, *raw_zooms)):
         raise ImageFormatError(path, f"has a zero or invalid voxel size {raw_zooms or zooms}")
     affine = np.asarray(img.affine, dtype=np.float64)

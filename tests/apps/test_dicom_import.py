@@ -92,3 +92,43 @@ def test_not_dicom_is_refused(tmp_path):
         call_command("import_dicom", str(tmp_path / "junk"), "--site", "lyon", "--patient", "P7", "--exam", "x",
                      "--quiet")
     assert Patient.objects.count() == 0
+
+
+def test_study_without_pet_is_refused_and_creates_nothing(tmp_path, settings):
+    exam = make_exam(seed=5, site=0, timepoint="initial_diagnosis")
+    export_exam_dicom(exam, tmp_path / "mr", series=("t1c",))
+    with pytest.raises(CommandError) as info:
+        call_command("import_dicom", str(tmp_path / "mr"), "--site", "lyon", "--patient", "P6", "--exam", "x",
+                     "--quiet", "--no-prepare")
+    assert "no PET series" in str(info.value) and "MR" in str(info.value)
+    assert Patient.objects.count() == 0 and Exam.objects.count() == 0 and Volume.objects.count() == 0
+    assert not [p for p in Path(settings.MEDIA_ROOT).rglob("*") if p.is_file()]
+
+
+def test_mr_series_may_join_an_exam_that_has_its_pet(exported, tmp_path):
+    exam, folder = exported
+    call_command("import_dicom", str(folder), "--site", "lyon", "--patient", "P9", "--exam", "rec1",
+                 "--quiet", "--no-prepare")
+    export_exam_dicom(exam, tmp_path / "flair", series=("flair",))
+    call_command("import_dicom", str(tmp_path / "flair"), "--site", "lyon", "--patient", "P9", "--exam", "rec1",
+                 "--quiet", "--no-prepare")
+    assert "flair" in set(Exam.objects.get(code="rec1").volumes.values_list("kind", flat=True))
+
+
+def test_date_shift_is_not_stored_and_the_import_is_audited(exported):
+    from apps.audit.models import AuditEvent
+
+    _, folder = exported
+    call_command("import_dicom", str(folder), "--site", "lyon", "--patient", "P9", "--exam", "rec1",
+                 "--quiet", "--no-prepare")
+    pet = Volume.objects.get(kind="pet_static")
+    assert "date_shift_days" not in pet.metadata
+    # the dates are shifted (the export writes real-looking dates), by a secret the rows do not hold
+    original = next(p for p in sorted(folder.rglob("*")) if p.is_file())
+    import pydicom
+
+    study_date = str(pydicom.dcmread(original, stop_before_pixels=True).StudyDate)
+    assert pet.metadata["study_date"] and pet.metadata["study_date"] != study_date
+    event = AuditEvent.objects.get(action="import.run")
+    assert event.details["kind"] == "dicom" and event.details["file"] == folder.name
+    assert set(event.details["created"]) == {"pet_static", "pet_dynamic", "t1c"}
