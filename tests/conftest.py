@@ -32,6 +32,9 @@ def _media_root(settings, tmp_path):
     """Each test gets its own image store; the test client speaks plain HTTP."""
     settings.SECURE_SSL_REDIRECT = False
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed only
+    # Django's test client.login() authenticates without a request, which django-axes refuses;
+    # the lockout is tested with axes on (tests/apps/test_security_login.py).
+    settings.AXES_ENABLED = False
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.MEDIA_ROOT.mkdir()
     return settings.MEDIA_ROOT
