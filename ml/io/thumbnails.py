@@ -1,4 +1,5 @@
-"""QC thumbnails: a PNG mosaic of axial slices, PET fused over MRI where both are given."""
+"""QC thumbnails: a PNG mosaic of axial slices, PET fused over MRI where both are given, and the
+registration overlay (edges of one image drawn over another)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,25 +7,50 @@ from pathlib import Path
 import numpy as np
 from matplotlib import colormaps
 from PIL import Image
+from scipy import ndimage
 
 
-def _window(array: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.5) -> np.ndarray:
+def _limits(array: np.ndarray, low_pct: float, high_pct: float) -> tuple[float, float]:
     finite = array[np.isfinite(array)]
     if finite.size == 0:
-        return np.zeros_like(array, dtype=np.float32)
+        return 0.0, 1.0
     lo, hi = np.percentile(finite, [low_pct, high_pct])
-    if hi <= lo:
-        hi = lo + 1.0
-    return np.clip((array - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    return float(lo), float(hi if hi > lo else lo + 1.0)
+
+
+def _window(array: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.5,
+            limits: tuple[float, float] | None = None) -> np.ndarray:
+    """Scale to [0, 1] between two percentiles of ``array`` (or given ``limits``)."""
+    if limits is None:
+        finite = array[np.isfinite(array)]
+        if finite.size == 0:
+            return np.zeros_like(array, dtype=np.float32)
+        limits = _limits(array, low_pct, high_pct)
+    lo, hi = limits
+    return np.nan_to_num(np.clip((array - lo) / (hi - lo), 0.0, 1.0), nan=0.0).astype(np.float32)
+
+
+def _slice_index(depth: int, n: int) -> np.ndarray:
+    return np.linspace(depth * 0.2, depth * 0.85, n).astype(int)
+
+
+def _slices(volume: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` evenly spaced axial slices a mosaic shows, as a thin (X, Y, n[, ...]) volume:
+    colouring only these is what keeps a thumbnail fast."""
+    return volume[:, :, _slice_index(volume.shape[2], n)]
+
+
+def _tile(thin: np.ndarray, cols: int) -> np.ndarray:
+    """Tile the slices of a thin (X, Y, n[, C]) volume, ``cols`` per row."""
+    # axial slice shown radiologically: rows = anterior→posterior (flip Y), columns = X
+    tiles = [np.flipud(np.swapaxes(thin[:, :, z], 0, 1)) for z in range(thin.shape[2])]
+    rows = [np.concatenate(tiles[i : i + cols], axis=1) for i in range(0, len(tiles), cols)]
+    return np.concatenate(rows, axis=0)
 
 
 def _mosaic(volume: np.ndarray, n: int, cols: int) -> np.ndarray:
     """Tile ``n`` evenly spaced axial slices of an RAS-ordered (X, Y, Z[, C]) volume."""
-    z_idx = np.linspace(volume.shape[2] * 0.2, volume.shape[2] * 0.85, n).astype(int)
-    # axial slice shown radiologically: rows = anterior→posterior (flip Y), columns = X
-    tiles = [np.flipud(np.swapaxes(volume[:, :, z], 0, 1)) for z in z_idx]
-    rows = [np.concatenate(tiles[i : i + cols], axis=1) for i in range(0, n, cols)]
-    return np.concatenate(rows, axis=0)
+    return _tile(_slices(volume, n), cols)
 
 
 def render_mosaic(
@@ -46,18 +72,53 @@ def render_mosaic(
     base = mri if mri is not None else pet
     if base.ndim == 4:
         base = base.mean(axis=3)
-    rgb = np.repeat(_window(base)[..., None], 3, axis=-1)
+    # window limits from the whole volume, colours only for the slices shown
+    rgb = np.repeat(_window(_slices(base, n_slices), limits=_limits(base, 1.0, 99.5))[..., None], 3, axis=-1)
     if pet is not None:
         pet3 = pet.mean(axis=3) if pet.ndim == 4 else pet
-        p = _window(pet3, 0.0, 99.9)
+        p = _window(_slices(pet3, n_slices), limits=_limits(pet3, 0.0, 99.9))
         hot = colormaps["hot"](p)[..., :3]
         if mri is None:
             rgb = hot
         else:
             alpha = (pet_alpha * (p > 0.3))[..., None]
             rgb = rgb * (1 - alpha) + hot * alpha
-    mosaic = _mosaic(rgb, n_slices, cols)
+    mosaic = _tile(rgb, cols)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((mosaic * 255).astype(np.uint8)).save(out_path, optimize=True)
+    return out_path
+
+
+def render_edge_overlay(
+    out_path: str | Path,
+    base: np.ndarray,
+    edges_of: np.ndarray,
+    *,
+    n_slices: int = 12,
+    cols: int = 6,
+    colour: tuple[float, float, float] = (0.1, 1.0, 0.3),
+    threshold: float = 0.3,
+) -> Path:
+    """Registration QC: ``base`` in grey (e.g. the MNI template) with the edges of ``edges_of``
+    (e.g. the registered T1c) drawn in ``colour``; RAS-ordered arrays on the same grid.
+
+    Edges are the in-plane gradient magnitude of each shown slice (Gaussian, 1 voxel), scaled by
+    its 99th percentile over the slices, drawn where above ``threshold``: a well registered MRI
+    outlines the template's brain, ventricles and sulci.
+    """
+    if base.shape[:3] != edges_of.shape[:3]:
+        raise ValueError(f"render_edge_overlay: grids differ {base.shape[:3]} vs {edges_of.shape[:3]}")
+    b3 = base.mean(axis=3) if base.ndim == 4 else base
+    e3 = edges_of.mean(axis=3) if edges_of.ndim == 4 else edges_of
+    grey = _window(_slices(b3, n_slices), limits=_limits(b3, 1.0, 99.5))
+    thin = np.nan_to_num(_slices(e3, n_slices).astype(np.float32))
+    grad = ndimage.gaussian_gradient_magnitude(thin, sigma=(1.0, 1.0, 0.0))
+    top = float(np.percentile(grad, 99)) or 1.0
+    edge = (grad / top) > threshold
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    rgb[edge] = np.asarray(colour, dtype=np.float32)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((_tile(rgb, cols) * 255).astype(np.uint8)).save(out_path, optimize=True)
     return out_path

@@ -162,11 +162,33 @@ class Warp:
     pose_rotation: np.ndarray
     pose_translation: np.ndarray
 
-    def with_pose(self, rng: np.random.Generator) -> Warp:
-        """The same brain in a new random head pose (rotation <= 4 deg, shift <= 8 mm)."""
-        ang = np.deg2rad(rng.uniform(-4, 4, size=3))
+    def with_pose(
+        self, rng: np.random.Generator, *, max_rotation_deg: float = 4.0, max_shift_mm: float = 8.0,
+    ) -> Warp:
+        """The same brain in a new random head pose (rotation <= 4 deg, shift <= 8 mm by default)."""
+        ang = np.deg2rad(rng.uniform(-max_rotation_deg, max_rotation_deg, size=3))
         return Warp(self.scale, self.disp, self.disp_origin_mm, self.disp_step_mm,
-                    rotation(*ang), rng.uniform(-8, 8, size=3))
+                    rotation(*ang), rng.uniform(-max_shift_mm, max_shift_mm, size=3))
+
+    def mni_to_world_exact(self, mni: np.ndarray, *, iterations: int = 6) -> np.ndarray:
+        """Template mm ``(3, N)`` to world mm, the exact inverse of :meth:`world_to_mni` (the
+        fixed point ``m0 = m - d(m0)`` by iteration; the displacement is smooth and small, so it
+        converges to well under 0.01 mm)."""
+        m0 = np.array(mni, dtype=np.float64)
+        for _ in range(iterations):
+            node = (m0 - self.disp_origin_mm[:, None]) / self.disp_step_mm
+            d = np.stack([ndi.map_coordinates(self.disp[k], node, order=1, mode="nearest") for k in range(3)])
+            m0 = mni - d
+        return self.pose_rotation @ (m0 * self.scale[:, None]) + self.pose_translation[:, None]
+
+    def pose_affine(self) -> np.ndarray:
+        """4x4 map of template mm to world mm without the anatomical displacement:
+        ``w = R diag(scale) m + t`` (the head pose and brain size; the displacement ``d`` is the
+        patient's anatomy, which an affine registration is not meant to remove)."""
+        out = np.eye(4)
+        out[:3, :3] = self.pose_rotation @ np.diag(self.scale)
+        out[:3, 3] = self.pose_translation
+        return out
 
     def world_to_mni(self, world: np.ndarray) -> np.ndarray:
         """Pull world mm ``(3, N)`` back to template mm ``(3, N)``."""

@@ -24,6 +24,7 @@ from ml.phantoms.exam import Exam
 
 __all__ = [
     "write_nifti",
+    "true_transforms_json",
     "write_exam",
     "exam_paths",
     "write_dataset_files",
@@ -227,7 +228,25 @@ def exam_paths(root: Path, exam: Exam) -> dict[str, Path]:
         out[f"pet_mask_{name}"] = g / "pet" / f"{stem}_trc-FDOPA_desc-{name}_mask.nii.gz"
     for name in exam.anat_masks:
         out[f"anat_mask_{name}"] = g / "anat" / f"{stem}_desc-{name}_mask.nii.gz"
+    if exam.true_transforms is not None:
+        out["true_transforms"] = g / f"{stem}_desc-truepose_xfm.json"
     return out
+
+
+def true_transforms_json(exam: Exam) -> dict[str, Any]:
+    """The ground-truth transforms of an exam with head motion, as written to
+    ``*_desc-truepose_xfm.json`` (4x4 lists, RAS mm)."""
+    if exam.true_transforms is None:
+        raise ValueError("this exam was generated without head motion: no true transforms")
+    return {
+        "Description": "True spatial maps of this exam (opt-in head motion). Each 4x4 matrix "
+                       "A_from_B maps world points (RAS+ mm) of space B to space A (the pull "
+                       "convention used to resample A onto a grid of B). 'template' is MNI152 "
+                       "(nilearn, 2009). pet_from_mri is exact (rigid); *_from_template is the "
+                       "least-squares affine of the true map (head pose and anatomy) over the "
+                       "template brain; *_from_template_pose is the head pose and brain size only.",
+        **{k: np.round(v, 6).tolist() for k, v in exam.true_transforms.items()},
+    }
 
 
 def write_exam(root: Path, exam: Exam) -> list[Path]:
@@ -259,6 +278,9 @@ def write_exam(root: Path, exam: Exam) -> list[Path]:
     if exam.t1w is not None:
         for name, mask in exam.anat_masks.items():
             written.append(write_nifti(paths[f"anat_mask_{name}"], mask, exam.t1w.affine, dtype="uint8"))
+    if "true_transforms" in paths:
+        _write_json(paths["true_transforms"], true_transforms_json(exam))
+        written.append(paths["true_transforms"])
     return written
 
 

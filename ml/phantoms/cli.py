@@ -30,6 +30,9 @@ def add_cohort_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--head-motion", action="store_true",
+                        help="realistic, independent PET and MRI head positions (rotations up to 15 deg, "
+                             "shifts up to 20 mm, varied fields of view; true transforms in the ground truth)")
 
 
 def text_progress(stream: TextIO) -> Callable[[int, int], None]:
@@ -70,6 +73,7 @@ def run_generate(opts: dict, stream: TextIO) -> CohortSummary:
         resolution=opts["resolution"],
         workers=opts.get("workers"),
         overwrite=opts.get("overwrite", False),
+        head_motion=bool(opts.get("head_motion", False)),
         progress=None if opts.get("quiet") else text_progress(stream),
     )
 

@@ -23,7 +23,7 @@ from ml.phantoms.bids import (
     write_exam,
 )
 from ml.phantoms.exam import TIMEPOINTS, draw_patient, preload, render_exam
-from ml.phantoms.sites import SITES
+from ml.phantoms.sites import SITES, with_head_motion
 
 __all__ = ["CohortSummary", "generate_cohort", "GENERATOR_VERSION"]
 
@@ -60,9 +60,9 @@ class CohortSummary:
     n_files: int
 
 
-def _patient_job(args: tuple[Path, int, int, int, int, int]) -> dict[str, Any]:
-    root, seed, index, site_index, number, resolution = args
-    site = SITES[site_index]
+def _patient_job(args: tuple[Path, int, int, int, int, int, bool]) -> dict[str, Any]:
+    root, seed, index, site_index, number, resolution, head_motion = args
+    site = with_head_motion(site_index) if head_motion else SITES[site_index]
     pid = f"sub-{site.code}P{number:03d}"
     model = draw_patient(seed=seed, patient_index=index, site=site, resolution=resolution,
                          participant_id=pid)
@@ -88,6 +88,7 @@ def generate_cohort(
     progress: ProgressCallback | None = None,
     workers: int | None = None,
     overwrite: bool = False,
+    head_motion: bool = False,
 ) -> CohortSummary:
     """Generate ``n_patients`` patients (two exams each) over ``n_sites`` sites as BIDS.
 
@@ -100,6 +101,9 @@ def generate_cohort(
         progress: called as ``progress(done, total)`` after each patient.
         workers: processes (default: all CPUs); 1 runs in this process.
         overwrite: delete an existing non-empty ``out_dir`` first.
+        head_motion: opt-in realistic head positions (:class:`~ml.phantoms.sites.HeadMotion`):
+            PET and MRI each in their own pose, true transforms written to the ground truth.
+            Off by default, so existing cohorts keep their bytes.
 
     Returns:
         A :class:`CohortSummary`.
@@ -121,7 +125,7 @@ def generate_cohort(
             raise ValueError(f"{root}: output folder is not empty (use overwrite)")
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
-    jobs = [(root, seed, i, i % n_sites, i // n_sites + 1, resolution) for i in range(n_patients)]
+    jobs = [(root, seed, i, i % n_sites, i // n_sites + 1, resolution, head_motion) for i in range(n_patients)]
     n_workers = max(1, min(workers or os.cpu_count() or 1, n_patients))
     results: list[dict[str, Any]] = []
     if n_workers == 1:

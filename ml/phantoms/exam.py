@@ -131,6 +131,13 @@ class Exam:
         anat_masks: ``tumor``, ``aggressive``, ``necrosis``, ``oedema``, ``enhancing`` (T1w grid).
         time_zero: clock time of injection ``hh:mm:ss``.
         truth: the set values.
+        true_transforms: with opt-in head motion (``site.head_motion``), the true spatial maps as
+            4x4 world-to-world matrices (RAS mm, ``x_first = M @ x_second`` for ``first_from_second``):
+            ``pet_from_mri`` (rigid, exact: the same anatomy in two head positions),
+            ``mri_from_template`` and ``pet_from_template`` (the least-squares affine of the true
+            pose + anatomy map over the template brain: what an affine registration should
+            find), ``*_from_template_pose`` (head pose and brain size only, ``w = R diag(s) m + t``).
+            ``None`` without head motion.
     """
 
     labels: PatientLabels
@@ -151,6 +158,7 @@ class Exam:
     anat_masks: dict[str, np.ndarray]
     time_zero: str
     truth: ExamTruth
+    true_transforms: dict[str, np.ndarray] | None = None
 
     @property
     def diagnosis(self) -> str:
@@ -441,6 +449,35 @@ def _fov_points(template: Template, warp: Warp) -> np.ndarray:
     return warp.mni_to_world(_derived(round(template.voxel_mm)).brain_corners_mm)
 
 
+def _jittered_fov(points: np.ndarray, rng: np.random.Generator, jitter_mm: float) -> np.ndarray:
+    """Field-of-view points ``(3, N)`` widened by up to ``jitter_mm`` on each side of each axis."""
+    lo = points.min(axis=1) - rng.uniform(0, jitter_mm, size=3)
+    hi = points.max(axis=1) + rng.uniform(0, jitter_mm, size=3)
+    return np.concatenate([points, lo[:, None], hi[:, None]], axis=1)
+
+
+def _best_affine(warp: Warp, points_mm: np.ndarray) -> np.ndarray:
+    """Least-squares affine of the true template-to-world map over template points ``(3, N)``."""
+    world = warp.mni_to_world_exact(points_mm)
+    coef, *_ = np.linalg.lstsq(np.c_[points_mm.T, np.ones(points_mm.shape[1])], world.T, rcond=None)
+    out = np.eye(4)
+    out[:3, :] = coef.T
+    return out
+
+
+def _true_transforms(warp_mr: Warp, warp_pet: Warp, template: Template) -> dict[str, np.ndarray]:
+    # The target of an affine registration to the template: the least-squares affine of the true
+    # (pose + anatomy) map over the brain, on every third template voxel.
+    brain = np.argwhere(template.brain[::3, ::3, ::3] > 0) * 3
+    pts = template.mm(brain.astype(np.float64)).T
+    mri_t, pet_t = _best_affine(warp_mr, pts), _best_affine(warp_pet, pts)
+    mri_pose, pet_pose = warp_mr.pose_affine(), warp_pet.pose_affine()
+    # The anatomy is the same in both images, so PET-from-MRI is rigid and exact.
+    return {"mri_from_template": mri_t, "pet_from_template": pet_t,
+            "pet_from_mri": pet_pose @ np.linalg.inv(mri_pose),
+            "mri_from_template_pose": mri_pose, "pet_from_template_pose": pet_pose}
+
+
 @lru_cache(maxsize=16)
 def _noise_norm(sigma: tuple[float, float, float]) -> float:
     d = np.zeros((15, 15, 15))
@@ -451,13 +488,15 @@ def _noise_norm(sigma: tuple[float, float, float]) -> float:
 
 def _render_pet(
     model: PatientModel, plan: ExamPlan, warp: Warp, rng: np.random.Generator, *, psf: bool, noise: bool,
+    fov_points: np.ndarray | None = None,
 ) -> tuple[Volume, Volume, Volume, dict[str, np.ndarray], dict]:
     template = load_template(model.resolution)
     der = _derived(model.resolution)
     site = model.site
     obl = rotation(*np.deg2rad(rng.uniform(-1.0, 1.0, size=3)))
     grid = make_grid(orientation=site.pet_orientation, voxel_mm=site.pet_voxel_mm, obliquity=obl,
-                     world_points=_fov_points(template, warp), margin_mm=6.0)
+                     world_points=_fov_points(template, warp) if fov_points is None else fov_points,
+                     margin_mm=6.0)
     smp = _Sampler(template, warp, grid, plan.lesion)
     les = smp.lesion_maps()
     repl = np.clip(sum(les[n] for n in COMPARTMENTS[:5]), 0, 1)
@@ -579,6 +618,7 @@ def _bias(rng: np.random.Generator, shape: tuple[int, int, int], amplitude: floa
 
 def _render_mr(
     model: PatientModel, plan: ExamPlan, warp: Warp, rng: np.random.Generator,
+    fov_points: np.ndarray | None = None,
 ) -> tuple[dict[str, Volume], dict[str, np.ndarray]]:
     template = load_template(model.resolution)
     der = _derived(model.resolution)
@@ -586,7 +626,8 @@ def _render_mr(
     ang = np.deg2rad(rng.uniform(-1, 1, size=3) * site.mri_obliquity_deg)
     voxel = tuple(v * model.resolution for v in site.mri_voxel_mm)
     grid = make_grid(orientation=site.mri_orientation, voxel_mm=voxel, obliquity=rotation(*ang),
-                     world_points=_fov_points(template, warp), margin_mm=5.0)
+                     world_points=_fov_points(template, warp) if fov_points is None else fov_points,
+                     margin_mm=5.0)
     smp = _Sampler(template, warp, grid, plan.lesion)
     les = smp.lesion_maps()
     repl = np.clip(sum(les[n] for n in COMPARTMENTS[:5]), 0, 1)
@@ -654,14 +695,28 @@ def render_exam(
         np.random.default_rng(np.random.SeedSequence(plan.seed.entropy, spawn_key=(*plan.seed.spawn_key, k)))
         for k in (101, 102)
     )
-    dyn, static, clean, pet_masks, info = _render_pet(model, plan, warp, rng_pet, psf=psf, noise=noise)
+    warp_pet = warp_mr = warp
+    fov_pet = fov_mr = None
+    motion = model.site.head_motion
+    if motion is not None:
+        # Opt-in: own streams (spawn keys 103+), so cohorts without head motion keep their bytes.
+        rng_pose = np.random.default_rng(
+            np.random.SeedSequence(plan.seed.entropy, spawn_key=(*plan.seed.spawn_key, 103)))
+        template = load_template(model.resolution)
+        warp_mr, warp_pet = (
+            model.warp.with_pose(rng_pose, max_rotation_deg=motion.rotation_deg, max_shift_mm=motion.shift_mm)
+            for _ in range(2))
+        fov_mr, fov_pet = (_jittered_fov(_fov_points(template, w), rng_pose, motion.fov_jitter_mm)
+                           for w in (warp_mr, warp_pet))
+    dyn, static, clean, pet_masks, info = _render_pet(model, plan, warp_pet, rng_pet, psf=psf, noise=noise,
+                                                      fov_points=fov_pet)
     # An exam without an aggressive subregion (treatment-related change) has an empty mask.
     if plan.tacs["aggressive"] is plan.tacs["tumour"]:
         pet_masks["aggressive"][:] = 0
     mr: dict[str, Volume | None] = {"t1w": None, "t1c": None, "t2w": None, "flair": None}
     anat_masks: dict[str, np.ndarray] = {}
     if include_mr:
-        vols, anat_masks = _render_mr(model, plan, warp, rng_mr)
+        vols, anat_masks = _render_mr(model, plan, warp_mr, rng_mr, fov_points=fov_mr)
         mr.update(vols)
     suv = plan.suv
     present_aggr = plan.tacs["aggressive"] is not plan.tacs["tumour"]
@@ -699,6 +754,7 @@ def render_exam(
         anat_masks=anat_masks,
         time_zero=plan.time_zero,
         truth=truth,
+        true_transforms=None if motion is None else _true_transforms(warp_mr, warp_pet, load_template(model.resolution)),
         **mr,
     )
 

@@ -10,9 +10,32 @@ the range of the scanner it is named after; ``docs/phantoms.md`` gives the sourc
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-__all__ = ["SiteProfile", "SITES", "site_profile"]
+__all__ = ["HeadMotion", "SiteProfile", "SITES", "site_profile", "with_head_motion"]
+
+
+@dataclass(frozen=True)
+class HeadMotion:
+    """Opt-in realistic head positions (issue 10): each exam's PET and MRI get their own pose.
+
+    Without it (the default) an exam's PET and MRI share one world frame with a small pose
+    (rotation <= 4 deg, shift <= 8 mm), which is what older cohorts, tests and the calibration
+    were made with. With it, the MRI and the PET are each placed with a rotation drawn uniformly
+    in +-``rotation_deg`` about each axis and a shift in +-``shift_mm`` along each axis (the
+    patient lies down twice, on two scanners), and each field of view is widened by up to
+    ``fov_jitter_mm`` on each side, so the head is off-centre in the images. The true transforms
+    are written to the ground truth (``*_desc-truepose_xfm.json``).
+
+    Attributes:
+        rotation_deg: largest rotation about each axis (degrees).
+        shift_mm: largest translation along each axis (mm).
+        fov_jitter_mm: largest extra margin of the field of view on each side (mm).
+    """
+
+    rotation_deg: float = 15.0
+    shift_mm: float = 20.0
+    fov_jitter_mm: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +69,8 @@ class SiteProfile:
         mri_obliquity_deg: largest rotation of the MR slab (degrees, about each axis).
         mri_bias: amplitude of the multiplicative bias field (fraction, peak).
         mri_noise: Gaussian noise SD relative to white-matter signal.
+        head_motion: opt-in realistic head positions (:class:`HeadMotion`); ``None`` keeps the
+            small shared pose of the original cohorts.
     """
 
     name: str
@@ -73,6 +98,7 @@ class SiteProfile:
     mri_obliquity_deg: float
     mri_bias: float
     mri_noise: float
+    head_motion: HeadMotion | None = None
 
     @property
     def frame_starts_s(self) -> tuple[float, ...]:
@@ -163,3 +189,13 @@ def site_profile(site: int | str | SiteProfile) -> SiteProfile:
         if profile.name == site:
             return profile
     raise ValueError(f"unknown site {site!r}: choose one of {[s.name for s in SITES]}")
+
+
+def with_head_motion(site: int | str | SiteProfile, motion: HeadMotion | None = None) -> SiteProfile:
+    """The site's profile with realistic, independent PET and MRI head positions (opt-in).
+
+    Args:
+        site: index, name or profile.
+        motion: the ranges; default :class:`HeadMotion` (15 deg, 20 mm, 30 mm field of view).
+    """
+    return replace(site_profile(site), head_motion=motion or HeadMotion())
