@@ -37,12 +37,18 @@ lint: install
 demo-data: migrate
 	$(PYTHON) manage.py demo_setup --out $(DEMO_DIR) --patients $(DEMO_PATIENTS) --sites $(DEMO_SITES)
 
+# The demo serves as production does (DEBUG off: no URL list on a 404, error pages, CSP), with
+# gunicorn and whitenoise serving the collected static files; only HTTPS is left out, since it
+# runs on http://127.0.0.1 (docs/security.md).
+DEMO_ENV := DEBUG=0 SECURE_SSL_REDIRECT=0 SESSION_COOKIE_SECURE=0 CSRF_COOKIE_SECURE=0 SECURE_HSTS_SECONDS=0
+
 demo: install frontend migrate demo-data
-	$(PYTHON) manage.py collectstatic --noinput -v0
+	$(DEMO_ENV) $(PYTHON) manage.py collectstatic --noinput -v0
 	@echo "Starting a Celery worker and the web server on http://127.0.0.1:$(PORT)/ (Ctrl-C stops both)"
-	$(BIN)/celery -A config worker -l warning --concurrency 1 --pool solo & \
+	$(DEMO_ENV) $(BIN)/celery -A config worker -l warning --concurrency 1 --pool solo & \
 	  WORKER=$$!; trap "kill $$WORKER" EXIT INT TERM; \
-	  DEBUG=$${DEBUG:-1} $(PYTHON) manage.py runserver 127.0.0.1:$(PORT)
+	  $(DEMO_ENV) $(BIN)/gunicorn config.wsgi --bind 127.0.0.1:$(PORT) --workers 2 --timeout 300 \
+	    --access-logfile - --error-logfile -
 
 worker: install
 	$(BIN)/celery -A config worker -l info
