@@ -146,20 +146,24 @@ function buildUi(root, canvas, config) {
   if (pet) {
     controls.opacity = el('input', {
       type: 'range', min: 0, max: 1, step: 0.05, value: pet.opacity, 'data-control': 'pet-opacity', id: `${id}-opacity`,
+      'aria-label': `${pet.name} opacity`,
     });
     controls.opacityOut = el('output', { for: `${id}-opacity`, class: 'aminopet-num', text: pet.opacity.toFixed(2) });
-    controls.calMin = el('input', { type: 'number', step: 'any', 'data-control': 'pet-min', inputmode: 'decimal' });
-    controls.calMax = el('input', { type: 'number', step: 'any', 'data-control': 'pet-max', inputmode: 'decimal' });
-    controls.colormap = el('select', { 'data-control': 'pet-colormap' });
-    const unit = pet.unit ? el('span', { class: 'aminopet-unit', text: pet.unit }) : null;
+    controls.calMin = el('input', {
+      type: 'number', step: 'any', 'data-control': 'pet-min', inputmode: 'decimal', 'aria-label': `${pet.name} min`,
+    });
+    controls.calMax = el('input', {
+      type: 'number', step: 'any', 'data-control': 'pet-max', inputmode: 'decimal', 'aria-label': `${pet.name} max`,
+    });
+    controls.colormap = el('select', { 'data-control': 'pet-colormap', 'aria-label': `${pet.name} colormap` });
     const section = el('fieldset', { class: 'aminopet-section', 'aria-label': `${pet.name} display` }, [
       el('legend', { text: `${pet.name}${unitSuffix(pet.unit)}` }),
-      el('div', { class: 'aminopet-row' }, [labelled(`${pet.name} opacity`, controls.opacity), controls.opacityOut]),
-      el('div', { class: 'aminopet-row' }, [
-        labelled(`${pet.name} min`, controls.calMin, unit ? unit.cloneNode(true) : null),
-        labelled(`${pet.name} max`, controls.calMax, unit),
+      el('div', { class: 'aminopet-row' }, [el('span', { class: 'aminopet-key', text: 'Opacity' }), controls.opacity, controls.opacityOut]),
+      el('div', { class: 'aminopet-row', title: pet.window_basis ? `Default window: ${pet.window_basis}` : null }, [
+        el('span', { class: 'aminopet-key', text: 'Window' }), controls.calMin, el('span', { text: '–' }), controls.calMax,
+        pet.unit ? el('span', { class: 'aminopet-unit', text: pet.unit }) : '',
       ]),
-      labelled(`${pet.name} colormap`, controls.colormap),
+      el('div', { class: 'aminopet-row' }, [el('span', { class: 'aminopet-key', text: 'Colours' }), controls.colormap]),
     ]);
     if (pet.window_basis) {
       section.append(el('p', { class: 'aminopet-note', 'data-window-basis': '', text: `Default window: ${pet.window_basis}.` }));
@@ -178,12 +182,12 @@ function buildUi(root, canvas, config) {
         'aria-label': `${v.name} opacity`,
       });
       const state = el('span', { class: 'aminopet-layer-state', text: '' });
-      const name = el('label', { class: 'aminopet-layer-name', title: v.description || v.name }, [
+      const name = el('label', { class: 'aminopet-layer-name' }, [
         toggle, el('span', { text: v.name }),
         v.unit ? el('span', { class: 'aminopet-unit', text: v.unit }) : '', state,
       ]);
-      const row = el('div', { class: 'aminopet-layer', 'data-layer': v.key }, [name, slider]);
-      if (v.description) row.append(el('p', { class: 'aminopet-note', text: v.description }));
+      // the meaning is the row's tooltip, so rows never change height
+      const row = el('div', { class: 'aminopet-layer', 'data-layer': v.key, title: v.description || null }, [name, slider]);
       layerRows[v.key] = { toggle, slider, state };
       list.append(row);
     }
@@ -199,8 +203,10 @@ function buildUi(root, canvas, config) {
     controls.frameOut = el('output', { class: 'aminopet-note', 'data-frame-label': '', text: frameLabel(config.dynamic, n - 1) });
     side.append(el('fieldset', { class: 'aminopet-section', 'aria-label': 'Dynamic PET' }, [
       el('legend', { text: `Dynamic PET${unitSuffix(config.dynamic.unit)}` }),
-      el('label', { class: 'aminopet-layer-name' }, [controls.dynToggle, el('span', { text: 'Show one frame instead of the static PET' })]),
-      controls.frame, controls.frameOut,
+      el('div', { class: 'aminopet-layer', title: 'Show one frame of the dynamic PET instead of the static PET (loaded on first use)' }, [
+        el('label', { class: 'aminopet-layer-name' }, [controls.dynToggle, el('span', { text: 'Frame' })]), controls.frame,
+      ]),
+      controls.frameOut,
     ]));
   }
 
@@ -219,7 +225,7 @@ function buildUi(root, canvas, config) {
 /** The TAC chart: SVG polylines per curve, axes in min and SUV, a marker at the current frame. */
 function buildTacChart(tac) {
   const width = 236;
-  const height = 150;
+  const height = 118;
   const model = tacChartModel(tac, { width, height });
   const chart = svg('svg', {
     viewBox: `0 0 ${width} ${height}`, width: '100%', role: 'img', class: 'aminopet-tac-svg',
@@ -253,7 +259,7 @@ function buildTacChart(tac) {
     return el('li', {}, [sw, c.name]);
   }));
   const node = el('figure', { class: 'aminopet-section aminopet-tac', 'data-tac': '' }, [
-    el('figcaption', { text: `Time-activity curves (${tac.y_unit} vs ${tac.x_unit})` }), chart, legend,
+    el('figcaption', { text: `Time-activity curves, ${tac.y_unit} vs ${tac.x_unit}` }), chart, legend,
   ]);
   const setMarker = (tMin, active) => {
     if (tMin === null || tMin === undefined) {

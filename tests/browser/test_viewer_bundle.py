@@ -352,6 +352,6 @@ def test_dynamic_frames_load_on_demand_and_mark_the_tac(page, site) -> None:
     marker_x = float(page.get_attribute("[data-frame-marker]", "x1"))
     model_x = page.evaluate("() => 34 + (2.0 / 30) * (236 - 34 - 8)")
     assert marker_x == pytest.approx(model_x, abs=0.5)
-    page.get_by_role("checkbox", name="Show one frame instead of the static PET").uncheck()
+    page.locator("[data-control='dynamic-toggle']").uncheck()
     page.evaluate("() => document.getElementById('viewer').aminopetViewer.nv.createOnLocationChange()")
     assert _number(page.inner_text("[data-readout-layer='pet']")) == pytest.approx(HOT_VALUE)
