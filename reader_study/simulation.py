@@ -150,6 +150,51 @@ def readers_ensure(study: Study, n_readers: int, *, user=None) -> int:
     return len(new)
 
 
+def study_simulated_setup(
+    *, n_cases: int, n_readers: int, seed: int, sites: tuple[str, ...] = ("sim-north", "sim-south"),
+    slug: str | None = None, user=None,
+) -> Study:
+    """An open sequential study on synthetic exam rows (no images), for load tests and dry runs.
+
+    Creates ``sites``, ``n_cases`` suspected-recurrence exams (half progression) as database rows,
+    a ``sim-ai`` model version with a prediction per exam (informative, imperfect), a cohort, and the
+    study through the study services (cases, ``n_readers`` simulated reader accounts, open). No
+    readings: :func:`readers_simulate` or real clients fill them. Exams without images show no
+    viewer; everything else (worklists, opening, submitting, results) works as in a real study.
+    """
+    from apps.cohorts.models import Cohort, Exam, Patient
+    from apps.registry.models import ModelVersion, Prediction
+    from reader_study import services
+
+    if n_cases < 2 or n_readers < 1:
+        raise SimulationError("a study needs at least 2 cases and 1 reader")
+    rng = np.random.default_rng([seed, 21])
+    site_objs = [Site.objects.get_or_create(name=name, defaults={"display_name": name})[0] for name in sites]
+    tag = slug or f"sim-{seed}-{n_cases}x{n_readers}"
+    model = ModelVersion.objects.create(
+        name="sim-ai", version=(ModelVersion.objects.filter(name="sim-ai").count() + 1), task="progression",
+        family="classical", algorithm="simulated", threshold=0.5, artifact="models/simulated.none",
+        config={"simulated": True, "seed": seed})
+    exams = []
+    for k in range(n_cases):
+        positive = k % 2 == 0
+        patient = Patient.objects.create(site=site_objs[k % len(site_objs)], code=f"{tag}-P{k + 1:03d}")
+        exam = Exam.objects.create(patient=patient, code="ses-01", timepoint="suspected_recurrence", day=200,
+                                   diagnosis="progression" if positive else "treatment_related",
+                                   diagnosis_basis="histology" if k % 3 else "follow_up")
+        p = float(np.clip(rng.normal(0.66 if positive else 0.36, 0.18), 0.01, 0.99))
+        Prediction.objects.create(model_version=model, exam=exam, probability=p, decision=p >= 0.5,
+                                  label="progression" if p >= 0.5 else "treatment_related", threshold=0.5)
+        exams.append(exam)
+    cohort = Cohort.objects.create(name=f"{tag}-cohort", purpose="reader_study")
+    cohort.exams.add(*exams)
+    study = services.study_create(title=f"Simulated study {tag}", question="Progression or treatment-related change?",
+                                  cohort=cohort, user=user, model_version=model, seed=seed, slug=slug)
+    services.study_cases_set(study=study, user=user)
+    services.study_readers_set(study=study, user=user, readers=simulated_reader_users(study, n_readers))
+    return services.study_open(study=study, user=user)
+
+
 # ---------------------------------------------------------------------------------------- the model
 def _answers(p: np.ndarray, rating_scale: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Decision, confidence (0-100) and 5-point score from the probability of a positive case."""

@@ -126,3 +126,16 @@ def test_command_fills_an_open_study(capsys):
     study = study_world(n_cases=6, n_readers=2)
     call_command("simulate_readers", study.slug, "--readers", "2", "--seed", "4", "--ai-benefit", "1")
     assert "24 readings written" in capsys.readouterr().out
+
+
+def test_simulated_setup_builds_an_open_study_without_readings():
+    from reader_study.simulation import study_simulated_setup
+
+    study = study_simulated_setup(n_cases=6, n_readers=3, seed=4, slug="sim-setup")
+    assert study.status == StudyStatus.OPEN and study.slug == "sim-setup"
+    assert study.cases.count() == 6 and study.readers.count() == 3
+    assert {c.truth for c in study.cases.all()} == {True, False}
+    assert all(r.user.memberships.filter(role="reader").exists() for r in study.readers.all())
+    assert not Reading.objects.filter(reader__study=study).exists()
+    readers_simulate(study=study, n_readers=3, seed=1)
+    assert Reading.objects.filter(reader__study=study, submitted_at__isnull=False).count() == 36

@@ -37,14 +37,14 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         study = study_by_ref(options["study"])
+        out = Path(options["out"]) if options["out"] else None
+        if out is not None and not out.parent.is_dir():  # before the export is built and audited
+            raise CommandError(f"{out.parent} is not a directory")
         try:
             export = study_export(study=study, format=options["format"])
         except ExportError as exc:
             raise CommandError(str(exc)) from exc
-        if options["out"]:
-            out = Path(options["out"])
-            if not out.parent.is_dir():
-                raise CommandError(f"{out.parent} is not a directory")
+        if out is not None:
             tmp = out.with_name(f".{out.name}.partial")
             tmp.write_bytes(export.content)
             tmp.replace(out)  # a whole file or none
