@@ -23,8 +23,10 @@ import numpy as np
 from ml.quant._checks import check_affine, check_mask, check_volume
 from ml.quant.clustering import HotspotResult, dynamic_hotspots
 from ml.quant.kinetics import (
+    TTP_HORIZON_MIN,
     TimeActivityCurve,
     curve_class,
+    fit_tacs,
     frame_mid_times_s,
     late_slope_suv_per_h,
     save_parametric_map,
@@ -69,6 +71,12 @@ class QuantConfig:
         n_clusters: k of the TAC clustering; 0 disables hotspots.
         cluster_normalization: TAC normalisation for clustering (``"mean"``, ``"max"``, ``"zscore"``).
         random_state: k-means seed.
+        kinetics: ``"fit"`` (default): TTP, slope, curve class and maps from the uptake-washout
+            curve fitted to the frame means (:mod:`ml.quant.kinetics`, comparable across frame
+            schedules); ``"frames"``: the frame mid-time of the maximum and the OLS slope of the
+            frames (the values before issue 10, bound to the site's frame schedule).
+        ttp_horizon_min: TTP of a curve still rising at this time (min), ``"fit"`` only.
+        map_fit_iterations: Levenberg-Marquardt iterations of the voxel maps (cost vs precision).
     """
 
     mtv_threshold_tbr: float = 1.6
@@ -82,8 +90,13 @@ class QuantConfig:
     n_clusters: int = 3
     cluster_normalization: str = "mean"
     random_state: int = 0
+    kinetics: str = "fit"
+    ttp_horizon_min: float = TTP_HORIZON_MIN
+    map_fit_iterations: int = 6
 
     def __post_init__(self) -> None:
+        if self.kinetics not in ("fit", "frames"):
+            raise ValueError(f"kinetics: 'fit' or 'frames', got {self.kinetics!r}")
         if self.maps_region not in ("brain", "tumor", "none"):
             raise ValueError(f"maps_region: 'brain', 'tumor' or 'none', got {self.maps_region!r}")
         if not self.mtv_threshold_tbr > 0:
@@ -116,6 +129,8 @@ class ExamQuantification:
         ttp_map: voxel TTP (min) (X, Y, Z), NaN outside ``config.maps_region``, or None.
         slope_map: voxel late slope (SUV/h), or None.
         hotspots: kinetic clusters of the tumour, or None.
+        kinetic_fit: the fitted tumour curve (parameters, rmse, TTP) and the frame-bound TTP and
+            slope beside it, or None (no dynamic PET).
         affine: the PET affine (for :meth:`save_maps`).
         config: the settings used.
     """
@@ -132,6 +147,7 @@ class ExamQuantification:
     ttp_map: np.ndarray | None = None
     slope_map: np.ndarray | None = None
     hotspots: HotspotResult | None = None
+    kinetic_fit: dict[str, Any] | None = None
 
     def to_row(self) -> dict[str, float | str]:
         """The CSV row: exactly :data:`ROW_COLUMNS` (floats, NaN when not measurable)."""
@@ -161,6 +177,7 @@ class ExamQuantification:
             "background_source": self.background_source,
             "tacs": {k: v.to_dict() for k, v in self.tacs.items()},
             "hotspots": None if self.hotspots is None else self.hotspots.to_dict(),
+            "kinetic_fit": None if self.kinetic_fit is None else {k: clean(v) for k, v in self.kinetic_fit.items()},
             "config": self.config.to_dict(),
         }
 
@@ -277,8 +294,16 @@ def quantify_exam(
         region = tumor if cfg.maps_region == "tumor" else (
             brain if brain is not None else brain_support_mask(suv, support_fraction=cfg.support_fraction) | tumor
         )
-        ttp_map = ttp_map_min(dyn, t, mask=region)
-        slope_map = slope_map_suv_per_h(dyn, t, mask=region, window_min=window)
+        if cfg.kinetics == "fit":
+            fit = fit_tacs(dyn[region], frame_start_s, frame_duration_s, horizon_min=cfg.ttp_horizon_min,
+                           n_iter=cfg.map_fit_iterations)
+            ttp_map = np.full(shape, np.nan)
+            slope_map = np.full(shape, np.nan)
+            ttp_map[region] = fit.ttp_min()
+            slope_map[region] = fit.slope_suv_per_h(window)
+        else:
+            ttp_map = ttp_map_min(dyn, t, mask=region)
+            slope_map = slope_map_suv_per_h(dyn, t, mask=region, window_min=window)
     hotspots = None
     if cfg.n_clusters > 0 and int(tumor.sum()) >= cfg.n_clusters:
         hotspots = dynamic_hotspots(
@@ -286,10 +311,23 @@ def quantify_exam(
             normalization=cfg.cluster_normalization, slope_window_min=window,
             random_state=cfg.random_state,
         )
+    frame_ttp = time_to_peak_min(y, t)
+    frame_slope = late_slope_suv_per_h(y, t, window_min=window)
+    fit = fit_tacs(y, frame_start_s, frame_duration_s, horizon_min=cfg.ttp_horizon_min)
+    kinetic_fit = fit.row(0) | {"ttp_frames_min": frame_ttp, "slope_frames_suv_per_h": frame_slope}
+    if cfg.kinetics == "fit" and fit.ok[0]:
+        ttp, slope = float(fit.ttp_min()[0]), float(fit.slope_suv_per_h(window)[0])
+        delta = float(fit.relative_change(window)[0])
+        cls = "increasing" if delta > cfg.plateau_tolerance else (
+            "decreasing" if delta < -cfg.plateau_tolerance else "plateau")
+    else:
+        ttp, slope = frame_ttp, frame_slope
+        cls = curve_class(y, t, window_min=window, tolerance=cfg.plateau_tolerance)
     return ExamQuantification(
-        ttp_min=time_to_peak_min(y, t),
-        slope_suv_per_h=late_slope_suv_per_h(y, t, window_min=window),
-        curve_class=curve_class(y, t, window_min=window, tolerance=cfg.plateau_tolerance),
+        ttp_min=ttp,
+        slope_suv_per_h=slope,
+        curve_class=cls,
+        kinetic_fit=kinetic_fit,
         tacs=tacs,
         ttp_map=ttp_map,
         slope_map=slope_map,

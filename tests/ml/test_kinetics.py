@@ -78,9 +78,12 @@ def test_quantify_exam_dynamic_exact_and_orientation_free(storage, voxel_mm):
     ras["dyn"] = P.dynamic_phantom(ras)
     conv = {"ras": lambda a: a, "lps": P.to_lps, "transposed": P.to_transposed}[storage]
     ph = conv(ras)
+    # The piecewise-linear phantom TACs give exact values with the frame-bound method (kinetics="frames",
+    # the default before issue 10); the fitted method is tested in test_kinetics_fit.py.
     q = quantify_exam(pet_static=ph["suv"], pet_dynamic=ph["dyn"], frame_start_s=P.FRAME_START_S,
                       frame_duration_s=P.FRAME_DURATION_S, affine=ph["affine"],
-                      tumor_mask=ph["core"], striatum_mask=ph["striatum"], brain_mask=ph["brain"])
+                      tumor_mask=ph["core"], striatum_mask=ph["striatum"], brain_mask=ph["brain"],
+                      config=QuantConfig(kinetics="frames"))
     assert q.ttp_min == pytest.approx(7.0)
     assert q.slope_suv_per_h == pytest.approx(-3.0, rel=1e-12)
     assert q.curve_class == "decreasing"
@@ -99,7 +102,7 @@ def test_maps_saved_as_nifti_on_the_pet_grid(tmp_path):
     dyn = P.dynamic_phantom(P.static_phantom(4.0))[::-1, ::-1]
     q = quantify_exam(pet_static=ph["suv"], pet_dynamic=dyn, frame_start_s=P.FRAME_START_S,
                       frame_duration_s=P.FRAME_DURATION_S, affine=ph["affine"],
-                      tumor_mask=ph["tumor"], config=QuantConfig(maps_region="tumor"))
+                      tumor_mask=ph["tumor"], config=QuantConfig(maps_region="tumor", kinetics="frames"))
     paths = q.save_maps(tmp_path, prefix="sub-1_")
     assert set(paths) == {"ttp", "slope", "hotspots", "background"}
     img = nib.load(paths["ttp"])
