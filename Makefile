@@ -23,8 +23,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-frontend/dist/aminopet/viewer.js: frontend/package.json $(wildcard frontend/src/*)
+frontend/dist/aminopet/viewer.js: frontend/package.json frontend/vite.config.js $(wildcard frontend/src/*)
 	cd frontend && (npm ci --no-audit --no-fund || npm install --no-audit --no-fund) && npm run build
+	# a collected (hashed) bundle would otherwise keep serving the old viewer with DEBUG off
+	if [ -f var/static/staticfiles.json ] && [ -x $(PYTHON) ]; then $(PYTHON) manage.py collectstatic --noinput -v0; fi
 
 frontend: frontend/dist/aminopet/viewer.js
 
@@ -59,9 +61,10 @@ test: install frontend
 	$(PYTHON) manage.py makemigrations --check --dry-run
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-bench: install
+bench: install frontend
 	$(PYTHON) bench/bench_mrmc.py
 	$(PYTHON) bench/bench_phantoms.py --calibration
+	$(PYTHON) bench/bench_viewer.py
 
 clean-demo:
 	rm -rf var/demo var/aminopet.sqlite3 var/media var/broker
