@@ -132,3 +132,20 @@ def test_date_shift_is_not_stored_and_the_import_is_audited(exported):
     event = AuditEvent.objects.get(action="import.run")
     assert event.details["kind"] == "dicom" and event.details["file"] == folder.name
     assert set(event.details["created"]) == {"pet_static", "pet_dynamic", "t1c"}
+
+
+def test_scrub_removes_a_date_shift_stored_by_earlier_imports():
+    import io
+
+    from tests.factories import VolumeFactory
+
+    old = VolumeFactory(metadata={"study_date": "20231123", "date_shift_days": -40, "modality": "PT"})
+    clean = VolumeFactory(metadata={"study_date": "20231123", "modality": "PT"})
+    out = io.StringIO()
+    call_command("scrub_date_shift", stdout=out)
+    assert "from 1 volumes" in out.getvalue()
+    old.refresh_from_db()
+    clean.refresh_from_db()
+    assert old.metadata == {"study_date": "20231123", "modality": "PT"} == clean.metadata
+    call_command("scrub_date_shift", stdout=out)
+    assert "from 0 volumes" in out.getvalue()

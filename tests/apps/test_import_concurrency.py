@@ -160,3 +160,41 @@ def test_rollback_keeps_a_file_a_committed_row_names(settings):
     VolumeFactory(file=name)  # e.g. a re-import restoring a lost file of an existing row
     store.rollback()
     assert media_path(name).exists()
+
+
+def test_same_dicom_study_imported_twice_at_once(tmp_path, settings):
+    """The second DICOM import to write finds the exam committed by the first: no IntegrityError,
+    it reports the series unchanged."""
+    from apps.cohorts.services.dicom import dicom_import
+    from ml.phantoms import export_exam_dicom, make_exam
+
+    export_exam_dicom(make_exam(seed=4, site=0, timepoint="initial_diagnosis"), tmp_path / "study",
+                      series=("pet_static", "t1c"))
+    a_read, b_done = threading.Event(), threading.Event()
+
+    def a_progress(pct, msg=""):
+        if pct == 80 and not a_read.is_set():  # series read and checked against the database, nothing written
+            a_read.set()
+            assert b_done.wait(120)
+
+    def b_import():
+        assert a_read.wait(120)
+        try:
+            return dicom_import(path=tmp_path / "study", site="lyon", patient="P1", exam="e1")
+        finally:
+            b_done.set()
+
+    results: dict = {}
+    threads = [_in_thread(lambda: dicom_import(path=tmp_path / "study", site="lyon", patient="P1", exam="e1",
+                                               progress=a_progress), results, "a"),
+               _in_thread(b_import, results, "b")]
+    for thread in threads:
+        thread.join(300)
+    a, b = results["a"], results["b"]
+    assert not isinstance(a, BaseException), a
+    assert not isinstance(b, BaseException), b
+    assert sorted(b["created"]) == ["pet_static", "t1c"] and not b["concurrent"]
+    assert a["created"] == [] and sorted(a["unchanged"]) == ["pet_static", "t1c"] and a["concurrent"]
+    assert "already imported" in a["message"] and a["exam"] == b["exam"]
+    assert Exam.objects.count() == 1 and Volume.objects.count() == 2
+    _assert_store_consistent(settings)

@@ -114,7 +114,7 @@ def dicom_import(
         try:
             result = _write(
                 planned, path=path, site=site, patient=patient, exam=exam, timepoint=timepoint, day=day,
-                user=user, source_name=source_name or Path(path).name,
+                user=user, source_name=source_name or Path(path).name, report=report,
             )
         except IntegrityError as exc:  # another import committed this site, patient, exam or series first
             if attempt == WRITE_ATTEMPTS:
@@ -133,7 +133,7 @@ def dicom_import(
 
 
 def _write(planned: dict, *, path, site: str, patient: str, exam: str, timepoint: str, day: int, user,
-           source_name: str) -> dict:
+           source_name: str, report: Callable[[float, str], None]) -> dict:
     """Check the planned series against the database and write them in one transaction."""
     site_obj = Site.objects.filter(name=site).first()
     if site_obj is None and user is not None and not is_admin(user):
@@ -147,6 +147,7 @@ def _write(planned: dict, *, path, site: str, patient: str, exam: str, timepoint
             if existing[kind].sha256 != hashlib.sha256(data).hexdigest():
                 raise ImportConflict(f"{path}: the {kind} series differs from the one stored for {patient}/{exam}; not replaced")
             unchanged.append(kind)
+    report(80, "Writing the database")
     store = StoreTransaction()
     created, new_exams = [], []
     try:
@@ -190,3 +191,19 @@ def _write(planned: dict, *, path, site: str, patient: str, exam: str, timepoint
         raise
     store.release()
     return {"created": created, "unchanged": unchanged, "new_exam_ids": new_exams, "exam": exam_obj.pk}
+
+
+def metadata_scrub_date_shift() -> int:
+    """Remove ``date_shift_days`` from volumes imported before it stopped being stored; returns how many.
+
+    Beside the shifted dates it lets anyone undo the shift (docs/dicom.md). Idempotent.
+    """
+    n = 0
+    with transaction.atomic():
+        for volume in Volume.objects.select_for_update().filter(metadata__has_key="date_shift_days"):
+            volume.metadata.pop("date_shift_days", None)
+            volume.save(update_fields=["metadata"])
+            n += 1
+        if n:
+            audit_record(action="metadata.scrub", details={"removed": "date_shift_days", "volumes": n})
+    return n
