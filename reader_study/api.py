@@ -20,7 +20,7 @@ from rest_framework.views import APIView
 from apps.accounts.models import Role
 from apps.accounts.permissions import MANAGE_ROLES, RolePermission
 from reader_study import selectors, services
-from reader_study.models import Reading
+from reader_study.models import Reading, Study
 from reader_study.serializers import AnswerSerializer, StudySerializer
 
 
@@ -35,6 +35,7 @@ class StudyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     permission_classes = [RolePermission]
     required_roles = MANAGE_ROLES
     lookup_field = "slug"
+    queryset = Study.objects.none()  # for the schema; requests use get_queryset
 
     def get_queryset(self):
         return selectors.studies_managed(self.request.user)
