@@ -18,7 +18,8 @@ def handle_train_classical(job: Job, progress: Progress) -> dict:
 @job_handler("predict")
 def handle_predict(job: Job, progress: Progress) -> dict:
     mv = ModelVersion.objects.get(pk=job.params["model"])
-    n = predictions_make(model_version=mv, cohort=job.params["cohort"], user=job.created_by, progress=progress)
+    n = predictions_make(model_version=mv, cohort=job.params.get("cohort"), site=job.params.get("site"),
+                         timepoint=job.params.get("timepoint"), user=job.created_by, progress=progress)
     return {"message": f"{n} predictions by {mv}", "model": mv.pk, "links": _links(mv)}
 
 

@@ -62,6 +62,11 @@ class Prediction(models.Model):
     label = models.CharField(max_length=32)
     threshold = models.FloatField()
     explanation = models.JSONField(default=dict, help_text="base value, output units, top SHAP contributions")
+    warnings = models.JSONField(
+        default=list, blank=True,
+        help_text="[{code, message}]: where the exam lies outside the model's development data (unseen site, "
+                  "feature out of range, frame schedule, voxel size, background method); shown with the prediction",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

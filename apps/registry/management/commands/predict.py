@@ -2,19 +2,33 @@ from django.core.management.base import BaseCommand, CommandError
 
 from apps.jobs.cli import run_job_with_bar
 from apps.registry.models import ModelVersion
+from apps.registry.services import TASK_TIMEPOINTS
 
 
 class Command(BaseCommand):
-    help = "Store a prediction (probability, decision, SHAP explanation) of a registered model for each exam of a cohort."
+    help = (
+        "Store a prediction (probability, decision, SHAP explanation, warnings where the exam lies outside the "
+        "model's development data) of a registered model for each quantified exam of a cohort or a site."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--model", required=True, type=int, help="model version id (see /models/)")
-        parser.add_argument("--cohort", required=True)
+        where = parser.add_mutually_exclusive_group(required=True)
+        where.add_argument("--cohort", help="predict the exams of this cohort")
+        where.add_argument("--site", help="predict the exams of this site")
+        parser.add_argument("--timepoint", choices=sorted({t for ts in TASK_TIMEPOINTS.values() for t in ts}),
+                            help="exams of this time point instead of the task's own, where the task allows it "
+                                 "(IDH and 1p/19q: either; progression: suspected_recurrence only)")
         parser.add_argument("--quiet", action="store_true")
 
     def handle(self, *args, **opts):
-        if not ModelVersion.objects.filter(pk=opts["model"]).exists():
+        mv = ModelVersion.objects.filter(pk=opts["model"]).first()
+        if mv is None:
             raise CommandError(f"no model version with id {opts['model']}")
+        if opts["timepoint"] and opts["timepoint"] not in TASK_TIMEPOINTS[mv.task]:
+            raise CommandError(f"a {mv.task} model applies to {', '.join(TASK_TIMEPOINTS[mv.task])} exams, "
+                               f"not {opts['timepoint']}")
         job = run_job_with_bar(self, kind="predict", quiet=opts["quiet"],
-                               params={"model": opts["model"], "cohort": opts["cohort"]})
+                               params={"model": opts["model"], "cohort": opts["cohort"], "site": opts["site"],
+                                       "timepoint": opts["timepoint"]})
         self.stdout.write(self.style.SUCCESS(job.result["message"]))
