@@ -28,5 +28,5 @@ class PredictionSerializer(serializers.ModelSerializer):
     class Meta:
         model = Prediction
         fields = ["id", "model_version", "exam", "probability", "decision", "label", "threshold", "explanation",
-                  "created_at"]
+                  "warnings", "created_at"]
         read_only_fields = fields
