@@ -73,13 +73,15 @@ def _archive(job: Job) -> Path:
 def _explained(job: Job, workdir: Path):
     """Turn any failure into a JobError whose message names the user's file, not server paths."""
     from apps.audit.services import audit_record
-    from apps.cohorts.services.uploads import user_message
+    from apps.cohorts.services.uploads import upload_path, user_message
 
     try:
         yield
     except Exception as exc:
         name = _filename(job)
         roots = {workdir: name}
+        if job.params.get("upload"):
+            roots[upload_path(job.params["upload"])] = name
         if job.params.get("path"):
             given = Path(job.params["path"])
             roots[given] = given.name

@@ -98,6 +98,16 @@ def test_failed_import_names_the_users_file_and_keeps_the_upload_for_the_retenti
     _assert_no_server_detail(job.message, settings)
 
 
+def test_an_archive_that_is_not_a_zip_is_named(settings):
+    uploaded = SimpleUploadedFile("scan export.zip", b"this is no zip archive")
+    job = import_submit(kind="import_dicom", uploaded=uploaded, user=None, site=None,
+                        params={"site": "lyon", "patient": "P1", "exam": "e1", "prepare": False})
+    job = job_run(job_pk=job.pk)
+    assert job.status == JobStatus.FAILED
+    assert job.message.startswith("scan export.zip: not a readable zip archive"), job.message
+    _assert_no_server_detail(job.message, settings)
+
+
 def test_cleanup_command_removes_orphans_and_succeeded_uploads(settings):
     upload_root().mkdir(parents=True, exist_ok=True)
     old, young, done = (upload_root() / f"{c * 32}.zip" for c in "abc")
