@@ -1,7 +1,7 @@
 """Reads on the cohort, scoped to what the user may see (rules in apps.accounts.permissions)."""
 from __future__ import annotations
 
-from django.db.models import Count, Prefetch, QuerySet
+from django.db.models import Count, Prefetch, Q, QuerySet
 
 from apps.accounts.models import Site
 from apps.accounts.permissions import DATA_ROLES, is_admin, sites_for
@@ -37,7 +37,11 @@ def masks_visible(user) -> QuerySet[Mask]:
 
 def cohorts_visible(user) -> QuerySet[Cohort]:
     """Admins see every cohort; others those holding an exam of their sites."""
-    cohorts = Cohort.objects.annotate(n_exams=Count("exams", distinct=True))
     if is_admin(user):
-        return cohorts
-    return cohorts.filter(exams__patient__site__in=sites_for(user, DATA_ROLES)).distinct()
+        return Cohort.objects.annotate(n_exams=Count("exams", distinct=True))
+    sites = sites_for(user, DATA_ROLES)
+    # n_exams counts only the user's sites' exams: another site's share of a cohort is not theirs to see.
+    mine = Cohort.objects.filter(exams__patient__site__in=sites).values("pk")
+    return Cohort.objects.filter(pk__in=mine).annotate(
+        n_exams=Count("exams", filter=Q(exams__patient__site__in=sites), distinct=True)
+    )

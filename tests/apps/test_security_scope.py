@@ -94,3 +94,13 @@ def test_cohort_api_lists_only_the_users_sites_exams(client, two_sites):
     client.force_login(user_with("coordinator", two_sites["b"]))
     assert client.get(reverse("api:cohort-detail", args=[name])).json()["exams"] == sorted(
         e.pk for e in two_sites["exams_b"])
+
+
+def test_cohort_list_counts_only_the_users_sites_exams(client, two_sites):
+    cohort = two_sites["cohort"]
+    client.force_login(user_with("researcher", two_sites["a"]))
+    (row,) = client.get(reverse("cohorts:cohorts")).context["cohorts"]
+    assert row.n_exams == len(two_sites["exams_a"]) < cohort.exams.count()
+    client.force_login(user_with("admin"))
+    (row,) = client.get(reverse("cohorts:cohorts")).context["cohorts"]
+    assert row.n_exams == cohort.exams.count()
