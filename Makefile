@@ -10,7 +10,7 @@ DEMO_PATIENTS ?= 24
 DEMO_SITES ?= 3
 PORT ?= 8000
 
-.PHONY: demo test install frontend migrate lint demo-data serve worker clean-demo bench
+.PHONY: demo test install frontend migrate lint demo-data serve worker clean-demo bench bench-load
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "Python 3.11 is needed ($(PY) not found)"; exit 1; }
@@ -65,6 +65,10 @@ bench: install frontend
 	$(PYTHON) bench/bench_mrmc.py
 	$(PYTHON) bench/bench_phantoms.py --calibration
 	$(PYTHON) bench/bench_viewer.py
+
+# 50 users on the exam page and the job status endpoint, gunicorn + PostgreSQL on 127.0.0.1 (30 s)
+bench-load: install
+	$(PYTHON) bench/bench_load.py --users 50 --duration 30
 
 clean-demo:
 	rm -rf var/demo var/aminopet.sqlite3 var/media var/broker
