@@ -4,7 +4,8 @@ Both use Mattes mutual information (Mattes et al., IEEE TMI 2003, 22:120), which
 intensity relation between the images (PET vs MRI, a T1c with a tumour and a bias field vs the
 template), a regular-step gradient descent with parameter scales from physical shifts, and a
 three-level pyramid (shrink 4, 2, 1; smoothing 2, 1, 0 voxels). The metric samples a fixed
-fraction of voxels on a regular lattice, so a registration is deterministic. Initialisation aligns
+fraction of voxels on a regular lattice and runs on one thread, so a registration is
+deterministic (same bytes on a second run). Initialisation aligns
 the intensity centres of mass (moments), which absorbs head shifts and off-centre fields of view;
 the affine stage starts from a rigid one. The affine stage measures the metric inside the
 template's brain mask only: the template is skull-stripped and the exam's MRI is not, and letting
@@ -16,7 +17,8 @@ landmarks closer (docs/architecture.md).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import SimpleITK as sitk
@@ -51,6 +53,19 @@ def _method(*, bins: int, sampling: float, iterations: int, shrink: Sequence[int
     return reg
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """ITK's metrics sum over threads in an order that varies from run to run (1e-5 mm apart);
+    preparation must give the same bytes twice (content-addressed files), so registrations run on
+    one thread (the process-wide SimpleITK default, restored afterwards)."""
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
+
+
 def _normalised(image: Image) -> sitk.Image:
     """Float image scaled to [0, 1] by its 99.5th percentile (MI needs no more; keeps bins sane)."""
     arr = image.array if image.array.ndim == 3 else image.array.mean(axis=3)
@@ -66,7 +81,7 @@ def _check(image: Image, name: str) -> None:
         raise ValueError(f"{name}: constant image, nothing to register")
 
 
-def register_rigid_mi(moving, fixed, *, bins: int = 32, sampling: float = 0.15, iterations: int = 200,
+def register_rigid_mi(moving, fixed, *, bins: int = 32, sampling: float = 0.05, iterations: int = 200,
                       initial: Transform | None = None) -> Transform:
     """Rigid (6 parameters) registration by mutual information: ``moving_from_fixed``.
 
@@ -95,11 +110,12 @@ def register_rigid_mi(moving, fixed, *, bins: int = 32, sampling: float = 0.15, 
         tx.SetTranslation(lps.GetTranslation())
     reg = _method(bins=bins, sampling=sampling, iterations=iterations)
     reg.SetInitialTransform(tx, inPlace=True)
-    reg.Execute(f, m)
+    with _one_thread():
+        reg.Execute(f, m)
     return Transform(matrix_from_sitk(tx), kind="rigid")
 
 
-def register_affine(moving, template=None, *, bins: int = 32, sampling: float = 0.15,
+def register_affine(moving, template=None, *, bins: int = 32, sampling: float = 0.05,
                     iterations: int = 200) -> Transform:
     """Affine (12 parameters) registration of an MRI to the MNI152 template: ``moving_from_template``.
 
@@ -122,7 +138,8 @@ def register_affine(moving, template=None, *, bins: int = 32, sampling: float = 
                                               sitk.CenteredTransformInitializerFilter.MOMENTS)
     reg = _method(bins=bins, sampling=sampling, iterations=iterations, fixed_mask=mask)
     reg.SetInitialTransform(rigid, inPlace=True)
-    reg.Execute(f, m)
+    with _one_thread():
+        reg.Execute(f, m)
     affine = sitk.AffineTransform(3)
     affine.SetCenter(rigid.GetCenter())
     affine.SetMatrix(rigid.GetMatrix())
@@ -130,5 +147,6 @@ def register_affine(moving, template=None, *, bins: int = 32, sampling: float = 
     reg = _method(bins=bins, sampling=sampling, iterations=iterations, fixed_mask=mask,
                   shrink=(2, 1), smooth=(1.0, 0.0), learning_rate=1.0)
     reg.SetInitialTransform(affine, inPlace=True)
-    reg.Execute(f, m)
+    with _one_thread():
+        reg.Execute(f, m)
     return Transform(matrix_from_sitk(affine), kind="affine")

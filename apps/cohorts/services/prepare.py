@@ -1,19 +1,36 @@
-"""Prepare an exam for the models and the viewer: resample onto the common grid, PET in SUV,
-and render QC thumbnails (a PNG mosaic per volume, PET fused over MRI)."""
+"""Prepare an exam for the models and the viewer: register it to the MNI152 template, resample every
+volume and mask onto the common grid once through its composed transform, PET in SUV, QC
+thumbnails and a registration similarity figure per exam.
+
+Registration (ml.registration): the MRI (T1c preferred) to the template, affine; the PET to the
+MRI, rigid; the PET goes to the common grid through ``pet_from_template = mri_from_template then
+pet_from_mri``, so each volume is interpolated once. Images are interpolated linearly (PET is an
+intensive quantity, SUV kept), masks as fractions of each voxel then ``>= 0.5``.
+
+Stored per common volume in ``Volume.metadata["registration"]``: the transform that put it there
+(template world -> native world, 4x4, mm), the exam's similarity figures (normalised mutual
+information, MRI vs template and PET vs MRI) with their thresholds and the ``poor`` flag. The
+common MRI's thumbnail shows its edges on the template and the common PET's thumbnail the PET on
+the registered MRI; a coordinator who finds a registration wrong sets the common volume's QC to
+``fail`` (``volume_qc_set``, audited).
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from django.db import transaction
 
 from apps.cohorts.models import Exam, Mask, Volume
 from apps.cohorts.services.store import StoreTransaction, media_path
-from ml.io.grid import common_grid, resample_to_grid
-from ml.io.nifti import load_nifti, nifti_bytes
-from ml.io.thumbnails import render_mosaic
+from ml.io.grid import common_grid, grid_nifti_bytes
+from ml.io.nifti import NiftiVolume, load_nifti
+from ml.io.thumbnails import render_edge_overlay, render_mosaic
+from ml.registration import common_template, register_exam, registration_similarity, resample
 
 MRI_FOR_FUSION = ("t1c", "t1", "flair", "t2")
+PET_FOR_REGISTRATION = ("pet_static", "pet_dynamic")
 
 
 def _suv(volume: Volume, array: np.ndarray) -> np.ndarray:
@@ -23,46 +40,81 @@ def _suv(volume: Volume, array: np.ndarray) -> np.ndarray:
 
 
 def exam_prepare(*, exam: Exam, progress: Callable[[float, str], None] | None = None) -> dict:
-    """Resample every native volume and mask of ``exam`` onto the common grid (idempotent)."""
+    """Register ``exam`` and resample its native volumes and masks onto the common grid (idempotent:
+    registration is deterministic and files are content-addressed).
+
+    Raises:
+        ValueError: no volumes, or an image that cannot be registered (named).
+    """
     report = progress or (lambda pct, msg="": None)
     grid = common_grid()
     natives = list(exam.volumes.filter(space="native"))
     if not natives:
         raise ValueError(f"exam {exam} has no volumes to prepare")
+    loaded: dict[str, NiftiVolume] = {}
+    for vol in natives:
+        loaded[vol.kind] = load_nifti(media_path(vol.file.name))
+    mri_kind = next((k for k in MRI_FOR_FUSION if k in loaded), None)
+    pet_kind = next((k for k in PET_FOR_REGISTRATION if k in loaded), None)
+    report(5, "Registering to the MNI152 template")
+    try:
+        reg = register_exam(mri=loaded[mri_kind] if mri_kind else None,
+                            pet=loaded[pet_kind] if pet_kind else None)
+    except ValueError as exc:
+        raise ValueError(f"exam {exam}: registration failed: {exc}") from exc
     store = StoreTransaction()
     resampled: dict[str, np.ndarray] = {}
     common_rows: dict[str, dict] = {}
+    tmp = media_path("tmp")
     try:
         for i, vol in enumerate(natives):
-            report(5 + 60 * i / len(natives), f"Resampling {vol.kind}")
-            data = load_nifti(media_path(vol.file.name))
-            array = resample_to_grid(data.array, data.affine, grid, order=1)
+            report(40 + 30 * i / len(natives), f"Resampling {vol.kind}")
+            array = resample(loaded[vol.kind], reg.for_volume(vol.is_pet), grid, kind="image")
             if vol.is_pet:
                 array = _suv(vol, array)
             resampled[vol.kind] = array
-            name, sha = store.put_bytes(nifti_bytes(array, grid.affine), category="common", suffix=".nii.gz")
+            dtype = "int16" if array.ndim == 4 else "float32"
+            name, sha = store.put_bytes(grid_nifti_bytes(array, grid.affine, dtype=dtype),
+                                        category="common", suffix=".nii.gz")
             common_rows[vol.kind] = dict(
                 file=name, sha256=sha, source_name=vol.source_name, shape=list(array.shape),
-                voxel_size=[2.0, 2.0, 2.0], affine=grid.affine.tolist(), stored_dtype="float32",
+                voxel_size=[2.0, 2.0, 2.0], affine=grid.affine.tolist(), stored_dtype=dtype,
                 units="SUV" if vol.is_pet else "", suv_factor=1.0 if vol.is_pet else None,
                 frame_start_s=vol.frame_start_s, frame_duration_s=vol.frame_duration_s,
             )
-        mri_kind = next((k for k in MRI_FOR_FUSION if k in resampled), None)
-        thumbs: dict[str, str] = {}
+        report(72, "Registration quality")
+        mri = resampled.get(mri_kind) if mri_kind else None
+        similarity = registration_similarity(mri=mri, pet=resampled.get(pet_kind) if pet_kind else None)
         for vol in natives:
-            report(70, f"Rendering thumbnail of {vol.kind}")
-            mri = resampled.get(mri_kind) if mri_kind else None
+            common_rows[vol.kind]["metadata"] = {"registration": {
+                **reg.to_dict(), "transform": reg.for_volume(vol.is_pet).to_dict(), "similarity": similarity,
+                "reference": mri_kind or "", "poor": similarity["poor"],
+            }}
+        thumbs: dict[str, str] = {}
+        common_thumbs: dict[str, str] = {}
+        for vol in natives:
+            report(75, f"Rendering thumbnail of {vol.kind}")
+            png = tmp / f"thumb-{exam.pk}-{vol.kind}.png"
             if vol.is_pet:
-                png = render_mosaic(media_path("tmp") / f"thumb-{exam.pk}-{vol.kind}.png", mri, resampled[vol.kind])
+                render_mosaic(png, mri, resampled[vol.kind])
             else:
-                png = render_mosaic(media_path("tmp") / f"thumb-{exam.pk}-{vol.kind}.png", resampled[vol.kind])
+                render_mosaic(png, resampled[vol.kind])
             thumbs[vol.kind], _ = store.put_file(png, category="thumbnails")
             png.unlink(missing_ok=True)
+            common_thumbs[vol.kind] = thumbs[vol.kind]  # PET: already the PET on the registered MRI
+        if mri is not None:
+            png = render_edge_overlay(tmp / f"thumb-{exam.pk}-registration.png", common_template()[0], mri)
+            common_thumbs[mri_kind], _ = store.put_file(png, category="thumbnails")
+            Path(png).unlink(missing_ok=True)
         mask_rows = []
+        by_kind = {vol.kind: vol for vol in natives}
         for mask in exam.masks.filter(space="native").select_related("grid"):
             data = load_nifti(media_path(mask.file.name), ndim=(3,))
-            array = (resample_to_grid(data.array, data.affine, grid, order=0) > 0.5).astype(np.uint8)
-            name, sha = store.put_bytes(nifti_bytes(array, grid.affine, dtype=np.uint8), category="common", suffix=".nii.gz")
+            owner = by_kind.get(mask.grid.kind, mask.grid)
+            fraction = resample(data, reg.for_volume(owner.is_pet), grid, kind="fraction")
+            array = (fraction >= 0.5).astype(np.uint8)
+            name, sha = store.put_bytes(grid_nifti_bytes(array, grid.affine, dtype="uint8"),
+                                        category="common", suffix=".nii.gz")
             n = int(array.sum())
             mask_rows.append((mask, name, sha, n))
         report(90, "Saving")
@@ -71,7 +123,7 @@ def exam_prepare(*, exam: Exam, progress: Callable[[float, str], None] | None = 
                 Volume.objects.filter(pk=vol.pk).update(thumbnail=thumbs[vol.kind])
                 Volume.objects.update_or_create(
                     exam=exam, kind=vol.kind, space="common",
-                    defaults=common_rows[vol.kind] | {"thumbnail": thumbs[vol.kind]},
+                    defaults=common_rows[vol.kind] | {"thumbnail": common_thumbs[vol.kind]},
                 )
             for mask, name, sha, n in mask_rows:
                 grid_vol = Volume.objects.get(exam=exam, kind=mask.grid.kind, space="common")
@@ -83,5 +135,8 @@ def exam_prepare(*, exam: Exam, progress: Callable[[float, str], None] | None = 
     except BaseException:
         store.rollback()
         raise
-    return {"message": f"Prepared {len(natives)} volumes and {len(mask_rows)} masks on the common grid",
-            "exam": exam.pk}
+    store.release()
+    flag = " (registration flagged for review)" if similarity["poor"] else ""
+    return {"message": f"Registered to MNI152 and prepared {len(natives)} volumes and {len(mask_rows)} masks "
+                       f"on the common grid{flag}",
+            "exam": exam.pk, "registration": reg.to_dict() | {"similarity": similarity}}
