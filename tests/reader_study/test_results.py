@@ -149,3 +149,16 @@ def test_acceptability_summaries_match_the_readings():
     assert acc["sus"]["n"] == 3 and acc["sus"]["mean"] == pytest.approx(np.mean(sus))
     assert acc["sus"]["sd"] == pytest.approx(np.std(sus, ddof=1))
     assert [t["item"] for t in acc["trust_items"]] == ["I trust the AI.", "I would use it."]
+
+
+def test_crossover_interim_after_the_first_session():
+    """Half-way through a crossover each reader has read one arm only: the U-statistic analysis runs."""
+    study = study_world(n_cases=10, n_readers=4, design=Design.CROSSOVER, seed=9)
+    readers_simulate(study=study, n_readers=4, seed=3, ai_benefit=1.0)
+    Reading.objects.filter(reader__study=study, assignment__session__number=2).delete()
+    results = study_results(study)
+    assert results.label == "interim: 40 of 80 readings"
+    rep = results.report
+    assert rep is not None and rep.or_auc is None and rep.agreement is None
+    assert set(rep.ustat_auc.modalities) == {"unaided", "aided"}
+    assert np.isnan(rep.ustat_auc.reader_auc).sum() == 4  # each reader read one arm
