@@ -293,3 +293,17 @@ def test_bids_import_reads_hospital_spellings(one_subject):
     assert (p.idh, p.codeletion_1p19q, p.mgmt) == ("mutant", "codeleted", "methylated")
     assert {(m["column"], m["given"], m["value"]) for m in report.label_mappings} >= {
         ("idh", "Mut", "mutant"), ("codeletion_1p19q", "yes", "codeleted"), ("mgmt", "Positive", "methylated")}
+
+
+def test_bids_import_error_lists_every_session(one_subject, settings):
+    from ml.io.bids import BidsError
+
+    flairs = sorted(one_subject.glob("sub-*/ses-*/anat/*_FLAIR.nii.gz"))
+    assert len(flairs) == 2
+    for path in flairs:
+        path.write_bytes(path.read_bytes()[:200])  # truncated gzip in both sessions
+    with pytest.raises(BidsError) as info:
+        bids_import(path=one_subject)
+    assert len(info.value.problems) == 2
+    assert all(any(p.name in problem for problem in info.value.problems) for p in flairs)
+    assert not Patient.objects.exists() and not Exam.objects.exists()

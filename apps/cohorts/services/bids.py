@@ -24,6 +24,7 @@ from apps.cohorts.models import Cohort, Exam, Mask, Patient, Volume
 from apps.cohorts.services.store import StoreTransaction, media_path
 from ml.io.bids import (
     BidsDataset,
+    BidsError,
     BidsImage,
     BidsMask,
     BidsSession,
@@ -88,6 +89,8 @@ class ImportReport:
     cohort: str | None = None
     restored: int = 0
     concurrent: bool = False
+    #: hospital spellings read as documented label values (ml.io.labels), e.g. 1p/19q "yes" -> codeleted
+    label_mappings: list[dict] = field(default_factory=list)
     last_exam: Exam | None = field(default=None, repr=False)
 
     def counts(self) -> dict:
@@ -239,33 +242,53 @@ def _plan(dataset: BidsDataset, path: Path, targets: dict[str, str], sites: dict
           report_progress: ProgressFn, *, max_bytes: int | None) -> list:
     """Phase 1: read and check everything against what is stored; write nothing."""
     plans = []
+    errors: list[ValueError] = []  # every participant and session is checked: one error lists them all
     total = sum(len(dataset.subjects[label].sessions) for label in targets)
     done = 0
     for label, site_key in targets.items():
         subject = dataset.subjects[label]
         site = sites[site_key]
         patient = Patient.objects.filter(site=site, code=label).first() if site else None
-        patient_values = _check_labels(subject, patient)
+        try:
+            patient_values = _check_labels(subject, patient)
+        except (ImageFormatError, ImportConflict) as exc:
+            errors.append(exc)
         sessions = []
         for ses_label, session in subject.sessions.items():
-            exam = Exam.objects.filter(patient=patient, code=ses_label).first() if patient else None
-            where = str(Path(path) / f"sub-{label}" / f"ses-{ses_label}")
-            exam_values = _check_session(session, exam, where)
-            existing_vols = {v.kind: v for v in exam.volumes.filter(space="native")} if exam else {}
-            volumes = {}
-            for image in session.images:
-                planned = _plan_volume(image, existing_vols, max_bytes=max_bytes)
-                volumes[planned.image.kind] = planned
-            existing_masks = (
-                {(m.kind, m.grid.kind): m for m in exam.masks.filter(space="native").select_related("grid")}
-                if exam else {}
-            )
-            masks = [_plan_mask(m, volumes, existing_masks, max_bytes=max_bytes) for m in session.masks]
-            sessions.append((ses_label, exam, exam_values, volumes, masks))
+            try:
+                sessions.append(_plan_session(path, label, ses_label, session, patient, max_bytes=max_bytes))
+            except (ImageFormatError, ImportConflict) as exc:
+                errors.append(exc)
             done += 1
             report_progress(2 + 68 * done / max(total, 1), f"Checked sub-{label} ses-{ses_label} ({done}/{total})")
-        plans.append((label, site_key, patient, patient_values, sessions))
+        if not errors:
+            plans.append((label, site_key, patient, patient_values, sessions))
+    if len(errors) == 1:
+        raise errors[0]
+    if errors and all(isinstance(e, ImportConflict) for e in errors):
+        raise ImportConflict(f"{len(errors)} conflicts with stored data; nothing replaced:\n  - "
+                             + "\n  - ".join(str(e) for e in errors))
+    if errors:
+        raise BidsError(path, [str(e) for e in errors])
     return plans
+
+
+def _plan_session(path: Path, label: str, ses_label: str, session: BidsSession, patient: Patient | None, *,
+                  max_bytes: int | None) -> tuple:
+    exam = Exam.objects.filter(patient=patient, code=ses_label).first() if patient else None
+    where = str(Path(path) / f"sub-{label}" / f"ses-{ses_label}")
+    exam_values = _check_session(session, exam, where)
+    existing_vols = {v.kind: v for v in exam.volumes.filter(space="native")} if exam else {}
+    volumes = {}
+    for image in session.images:
+        planned = _plan_volume(image, existing_vols, max_bytes=max_bytes)
+        volumes[planned.image.kind] = planned
+    existing_masks = (
+        {(m.kind, m.grid.kind): m for m in exam.masks.filter(space="native").select_related("grid")}
+        if exam else {}
+    )
+    masks = [_plan_mask(m, volumes, existing_masks, max_bytes=max_bytes) for m in session.masks]
+    return ses_label, exam, exam_values, volumes, masks
 
 
 def _missing(row: Volume | Mask | None) -> bool:
@@ -408,7 +431,8 @@ def bids_import(
             if site is not None and user is not None and not can_manage_site(user, site):
                 raise PermissionError(f"you are not a coordinator of site {name!r}")
         report = ImportReport(dataset=dataset.name, cohort=cohort_name, sites=sorted(sites),
-                              skipped_other_sites=list(skipped), concurrent=concurrent)
+                              skipped_other_sites=list(skipped), concurrent=concurrent,
+                              label_mappings=dataset.label_mappings)
         plans = _plan(dataset, Path(path), targets, sites, report_progress, max_bytes=max_bytes)
         try:
             _write(plans, sites, report, cohort_name=cohort_name, user=user,
