@@ -162,6 +162,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=50, help="concurrent virtual users (1-200, default 50)")
     parser.add_argument("--duration", type=float, default=30, help="seconds of load (5-120, default 30)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads per gunicorn worker (default 1: sync workers; more: gthread)")
     parser.add_argument("--warmup", type=float, default=10, help="seconds of load not counted (default 10)")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes (default 4)")
     parser.add_argument("--patients", type=int, default=2, help="patients in the generated cohort (default 2)")
@@ -212,7 +214,7 @@ def main() -> None:
         port = _free_port()
         gunicorn = subprocess.Popen(
             [str(Path(PY).parent / "gunicorn"), "config.wsgi:application", "--bind", f"127.0.0.1:{port}",
-             "--workers", str(args.workers), "--access-logfile", "-" if os.environ.get("BENCH_ACCESS_LOG") else "/dev/null",
+             "--workers", str(args.workers), "--threads", str(args.threads), "--access-logfile", "-" if os.environ.get("BENCH_ACCESS_LOG") else "/dev/null",
              "--error-logfile", str(tmp / "gunicorn.log")],
             cwd=ROOT, env=env, start_new_session=True,
         )
@@ -228,7 +230,8 @@ def main() -> None:
                 time.sleep(0.2)
 
         figures = asyncio.run(_load(base, users, args.duration, args.warmup))
-        print(f"\n{args.users} users, {args.duration:.0f} s, gunicorn {args.workers} workers, PostgreSQL, "
+        print(f"\n{args.users} users, {args.duration:.0f} s, gunicorn {args.workers} workers x {args.threads} "
+              f"threads, PostgreSQL, "
               f"{os.cpu_count()} CPUs shared with the client")
         print(f"{'endpoint':<12} {'requests':>8} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}")
         total_n = total_err = 0

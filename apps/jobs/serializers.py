@@ -9,5 +9,5 @@ class JobSerializer(serializers.ModelSerializer):
     class Meta:
         model = Job
         fields = ["id", "kind", "status", "progress", "message", "params", "result", "created_by",
-                  "created_at", "started_at", "finished_at", "attempts"]
+                  "created_at", "started_at", "finished_at", "attempts", "worker", "heartbeat_at"]
         read_only_fields = fields

@@ -6,7 +6,7 @@ from django.views.generic import DetailView, ListView
 
 from apps.accounts.permissions import ANY_ROLE, RoleRequiredMixin
 from apps.jobs.selectors import jobs_visible
-from apps.jobs.services import JobError, job_retry
+from apps.jobs.services import JobError, job_is_stale, job_retry
 
 
 class JobListView(RoleRequiredMixin, ListView):
@@ -27,6 +27,11 @@ class JobDetailView(RoleRequiredMixin, DetailView):
     def get_queryset(self):
         return jobs_visible(self.request.user)
 
+    def get_context_data(self, **kwargs):
+        ctx = super().get_context_data(**kwargs)
+        ctx["stale"] = job_is_stale(self.object)
+        return ctx
+
 
 class JobStatusView(RoleRequiredMixin, View):
     """Polled by the jobs pages to show progress live."""
@@ -38,6 +43,8 @@ class JobStatusView(RoleRequiredMixin, View):
         return JsonResponse({
             "id": job.pk, "kind": job.kind, "status": job.status, "progress": job.progress,
             "message": job.message, "finished": job.is_finished, "result": job.result,
+            "stale": job_is_stale(job),
+            "heartbeat_at": job.heartbeat_at.isoformat() if job.heartbeat_at else None,
         })
 
 

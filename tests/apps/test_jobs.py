@@ -247,3 +247,28 @@ def test_submitted_job_lands_on_this_process_queue(settings, handler):
         message = channel.basic_get(queue, no_ack=True)
         assert message.payload is not None and message.headers["task"] == "apps.jobs.tasks.run_job"
         channel.queue_purge(queue)
+
+
+def test_job_page_says_when_a_worker_was_lost_and_offers_retry(client):
+    from django.urls import reverse
+
+    from tests.factories import SiteFactory, user_with
+
+    user = user_with("coordinator", SiteFactory())
+    client.force_login(user)
+    lost = _running(progress=37, heartbeat_age=timedelta(minutes=10))
+    live = _running(heartbeat_age=timedelta(seconds=2))
+    Job.objects.filter(pk__in=[lost.pk, live.pk]).update(created_by=user)
+    lost_page = client.get(reverse("jobs:detail", args=[lost.pk])).content.decode()
+    live_page = client.get(reverse("jobs:detail", args=[live.pk])).content.decode()
+    assert "no sign of life for longer than its lease" in lost_page
+    assert reverse("jobs:retry", args=[lost.pk]) in lost_page
+    assert "on gone-host:4242, last sign of life" in live_page and 'data-field="stale" hidden' in live_page
+    assert 'data-field="stale" hidden' not in lost_page
+    assert reverse("jobs:retry", args=[live.pk]) not in live_page
+    assert client.get(reverse("jobs:status", args=[lost.pk])).json()["stale"] is True
+    assert client.get(reverse("jobs:status", args=[live.pk])).json()["stale"] is False
+    response = client.post(reverse("jobs:retry", args=[lost.pk]))
+    assert response.status_code == 302
+    lost.refresh_from_db()
+    assert lost.status == "queued"
