@@ -140,7 +140,7 @@ class LabelSpellingError(ValueError):
         self.given = given
         allowed = ", ".join(LABEL_VALUES[column])
         super().__init__(f"unknown {column} value {given!r} (allowed: {allowed} or n/a; "
-                         f"common spellings such as yes/no are read too, see docs/data-format.md)")
+                         f"common spellings such as yes/no are read too, see docs/coordinator.md)")
 
 
 def is_missing(raw: str | None) -> bool:
