@@ -1,22 +1,39 @@
 """Shared fixtures: a media root per test, users for every role, and a small generated cohort."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _own_broker():
-    """This process's broker folder or queue (settings: test_broker_<pid>, test-<pid>) goes at the end."""
-    yield
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """This process's broker folder or queue (settings: test_broker_<pid>, test-<pid>) goes at the
+    end, with the folders of test runs that were killed before they could remove theirs."""
     from django.conf import settings
 
+    if not settings.configured:
+        return
     queue = settings.CELERY_TASK_DEFAULT_QUEUE
     if settings.CELERY_BROKER_URL.startswith("filesystem://"):
-        if settings.AMINOPET_BROKER_DIR.name.startswith("test_broker_"):
-            shutil.rmtree(settings.AMINOPET_BROKER_DIR, ignore_errors=True)
+        folder = settings.AMINOPET_BROKER_DIR
+        if folder.name.startswith("test_broker_"):
+            shutil.rmtree(folder, ignore_errors=True)
+            for other in folder.parent.glob("test_broker_*"):
+                pid = other.name.removeprefix("test_broker_")
+                if pid.isdigit() and not _pid_alive(int(pid)):
+                    shutil.rmtree(other, ignore_errors=True)
     elif queue.startswith("test-"):
         from config.celery import app
 
