@@ -49,11 +49,11 @@ from reader_study.simulation import study_simulated_setup
 n_readers, n_cases = int(os.environ["BENCH_READERS"]), int(os.environ["BENCH_CASES"])
 password = os.environ["BENCH_PASSWORD"]
 study = study_simulated_setup(n_cases=n_cases, n_readers=n_readers, seed=7, slug="bench-reading")
-users = []
-for reader in study.readers.select_related("user").order_by("code"):
-    reader.user.set_password(password)
-    reader.user.save(update_fields=["password"])
-    users.append(reader.user.username)
+from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import make_password
+users = list(study.readers.order_by("code").values_list("user__username", flat=True))
+# one hash for the shared password (hashing it 50 times would only slow the setup down)
+get_user_model().objects.filter(username__in=users).update(password=make_password(password))
 print("BENCH" + json.dumps({"slug": study.slug, "users": users}))
 """
 
@@ -94,6 +94,26 @@ def _database(admin_url: str, name: str, *, create: bool) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
+def _cpu_seconds(master_pid: int) -> float:
+    """User + system CPU seconds of the gunicorn master and its workers (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in [master_pid, *_children(master_pid)]:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def _percentile(values: list[float], q: int) -> float:
     if not values:
         return float("nan")
@@ -123,7 +143,7 @@ class Reader:
 
 
 async def _load(base: str, slug: str, usernames: list[str], password: str, *, duration: float,
-                think: float, seed: int) -> dict:
+                think: float, seed: int, on_window=None) -> dict:
     import httpx
 
     lat: dict[str, list[float]] = {e: [] for e in ENDPOINTS}
@@ -209,9 +229,13 @@ async def _load(base: str, slug: str, usernames: list[str], password: str, *, du
         await asyncio.gather(*(login(r, gate) for r in readers))
         login_s = time.monotonic() - t0
         measuring = True
+        if on_window:
+            on_window(True)
         start = time.monotonic()
         await asyncio.gather(*(read(r, start + duration) for r in readers))
         elapsed = time.monotonic() - start
+        if on_window:
+            on_window(False)
     figures = {}
     for name in ENDPOINTS:
         values = lat[name]
@@ -290,8 +314,13 @@ def main() -> None:
                     sys.exit("gunicorn did not start:\n" + (tmp / "gunicorn.log").read_text()[-3000:])
                 time.sleep(0.2)
 
+        cpu = {"server": 0.0}
+
+        def mark_window(start: bool) -> None:  # CPU of the server processes during the measured window only
+            cpu["server"] += (-1 if start else 1) * _cpu_seconds(gunicorn.pid)
+
         figures = asyncio.run(_load(base, info["slug"], info["users"], password, duration=args.duration,
-                                    think=args.think, seed=args.seed))
+                                    think=args.think, seed=args.seed, on_window=mark_window))
         check = json.loads(_run([PY, "manage.py", "shell", "--no-imports", "-c", CHECK], env, "check")
                            .split("BENCH", 1)[1])
         mode = f"think {args.think:g} s" if args.think else "no think time (saturation)"
@@ -307,6 +336,11 @@ def main() -> None:
         total_err = sum(f["errors"] for f in window) + figures["endpoints"]["login"]["errors"] \
             + figures["endpoints"]["worklist"]["errors"]
         submit = figures["endpoints"]["submit answer"]
+        n_window = sum(f["n"] + f["errors"] for f in window)
+        load1 = os.getloadavg()[0]
+        print(f"server CPU (gunicorn) in the window: {cpu['server']:.1f} s for {n_window} requests = "
+              f"{1e3 * cpu['server'] / max(n_window, 1):.0f} ms per request; machine load average {load1:.1f} "
+              f"on {os.cpu_count()} CPUs (other processes included)")
         print(f"answers stored: {figures['created']} (database: {check['submitted']} submitted readings, "
               f"{check['duplicates']} duplicates); readers who finished every case: {figures['finished']}")
         print(f"target: submit p95 <= 100 ms -> {submit['p95'] * 1e3:.0f} ms "
