@@ -24,6 +24,11 @@ class ExamQuantification(models.Model):
     slope_suv_per_h = models.FloatField(null=True, blank=True, help_text="Late slope of the tumour TAC")
     curve_class = models.CharField(max_length=12, default="n/a")
     background_source = models.CharField(max_length=12, help_text="given mask or mirrored (automatic)")
+    voi_sources = models.JSONField(
+        default=dict, blank=True,
+        help_text='Which VOIs were supplied and which automatic: {"tumor": "supplied"|"automatic", '
+                  '"striatum": "supplied"|"automatic"|"none", "background": "supplied"|"mirrored"}',
+    )
     tacs = models.JSONField(default=dict, help_text="{region: {t_min: [...], suv: [...]}}")
     config = models.JSONField(default=dict)
     ttp_map = models.FileField(max_length=255, blank=True, help_text="NIfTI on the static PET grid")

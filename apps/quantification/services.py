@@ -15,7 +15,9 @@ from apps.quantification.models import ExamQuantification, RadiomicsFeatures
 from ml.io.grid import Grid, resample_to_grid
 from ml.io.nifti import load_nifti, nifti_bytes
 from ml.quant import ROW_COLUMNS, QuantConfig, quantify_exam
+from ml.quant.auto_voi import AutoVois, auto_vois
 from ml.radiomics.table import SEPARATOR, exam_features
+from ml.registration import Transform, register_exam
 
 FEATURE_SETS = ("parameters", "radiomics", "all")
 #: The CSV of ``manage.py quantify``: ids, then exactly the parameter columns of ml.quant.
@@ -80,6 +82,48 @@ def lesion_position_mm(suv: np.ndarray, tumor: np.ndarray, affine: np.ndarray) -
     return [round(float(v), 3) for v in xyz[:3]]
 
 
+def _pet_from_template(exam: Exam, static: Volume) -> Transform:
+    """The exam's registration (template -> native PET), as stored by preparation, or computed now
+    (the same deterministic registration) when preparation has not run yet."""
+    common = exam.volumes.filter(kind="pet_static", space="common").first()
+    stored = (common.metadata or {}).get("registration", {}).get("transform") if common else None
+    if stored:
+        return Transform.from_dict(stored)
+    mri = next((v for k in ("t1c", "t1", "flair", "t2")
+                for v in exam.volumes.filter(kind=k, space="native")), None)
+    if mri is None:
+        raise QuantificationError(f"exam {exam}: no masks and no MRI to register the PET to the template")
+    reg = register_exam(mri=load_nifti(media_path(mri.file.name)), pet=load_nifti(media_path(static.file.name)))
+    return reg.pet_from_template
+
+
+def _auto_vois(exam: Exam, static: Volume, suv, affine, *, tumor, striatum, background) -> AutoVois | None:
+    """Automatic tumour and/or striatum VOIs (ml.quant.auto_voi) where the site supplied none.
+
+    None when only the striatum is missing and the exam cannot be registered (no MRI): the
+    exam is then quantified without T/S, as before automatic VOIs existed.
+    """
+    try:
+        transform = _pet_from_template(exam, static)
+    except (QuantificationError, ValueError):
+        if tumor is not None:
+            return None
+        raise
+    try:
+        return auto_vois(suv, affine, pet_from_template=transform, tumor_mask=tumor,
+                         striatum_mask=striatum, background_mask=background)
+    except ValueError as exc:
+        raise QuantificationError(f"exam {exam}: automatic VOIs failed: {exc}") from exc
+
+
+def _voi_sources(vois: AutoVois | None, background_source: str, has_striatum: bool) -> dict[str, str]:
+    """Which VOIs were supplied with the exam and which were made automatically."""
+    if vois is not None:
+        return dict(vois.sources)
+    return {"tumor": "supplied", "striatum": "supplied" if has_striatum else "none",
+            "background": "supplied" if background_source == "given" else "mirrored"}
+
+
 def _finite(value) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
@@ -90,8 +134,12 @@ def exam_quantify(
 ) -> ExamQuantification:
     """Quantify ``exam`` on its native PET grid; idempotent (replaces the previous result).
 
+    VOIs the site did not supply are made automatically (ml.quant.auto_voi: tumour by the 1.6 x
+    background threshold around the hotspot, striatum from the template through the exam's
+    registration, mirrored background); ``voi_sources`` records which is which.
+
     Raises:
-        QuantificationError: no static PET or no tumour mask on the PET grid.
+        QuantificationError: no static PET, or automatic VOIs impossible (reason named).
     """
     report = progress or (lambda pct, msg="": None)
     static = exam.volumes.filter(kind="pet_static", space="native").first()
@@ -107,10 +155,16 @@ def exam_quantify(
             st = load_nifti(media_path(static.file.name))
             tumor = resample_to_grid(tumor_dyn.astype(np.float32), dyn_data.affine,
                                      Grid(st.shape[:3], st.affine), order=0) > 0.5
-    if tumor is None:
-        raise QuantificationError(f"exam {exam}: no tumour mask on the PET grid")
     report(10, "Loading PET")
     suv, affine = _suv_array(static)
+    striatum, background = _mask(exam, "striatum", static), _mask(exam, "background", static)
+    vois = None
+    if tumor is None or striatum is None:
+        report(15, "Automatic VOIs")
+        vois = _auto_vois(exam, static, suv, affine, tumor=tumor, striatum=striatum, background=background)
+        if vois is not None:
+            tumor, striatum = vois.tumor, vois.striatum
+            background = vois.background if vois.sources["tumor"] == "automatic" else background
     pet_dyn = start = duration = None
     if dynamic is not None:
         pet_dyn, dyn_affine = _suv_array(dynamic)
@@ -121,10 +175,11 @@ def exam_quantify(
     result = quantify_exam(
         pet_static=suv, affine=affine, tumor_mask=tumor, pet_dynamic=pet_dyn,
         frame_start_s=start, frame_duration_s=duration,
-        striatum_mask=_mask(exam, "striatum", static), background_mask=_mask(exam, "background", static),
+        striatum_mask=striatum, background_mask=background,
         config=config or QuantConfig(),
     )
     summary = result.to_dict()
+    voi_sources = _voi_sources(vois, result.background_source, striatum is not None)
     row = summary["row"]
     lesion_mm = lesion_position_mm(suv, tumor, affine)
     features: dict[str, dict[str, float]] = {}
@@ -157,7 +212,9 @@ def exam_quantify(
                     **{k: _finite(row[k]) for k in ROW_COLUMNS if k != "curve_class"},
                     "curve_class": row["curve_class"] or "n/a",
                     "background_source": result.background_source,
-                    "tacs": summary["tacs"], "config": summary["config"] | {"static": summary["static"]},
+                    "tacs": summary["tacs"], "voi_sources": voi_sources,
+                    "config": summary["config"] | {"static": summary["static"]}
+                    | ({"auto_voi": vois.to_dict()} if vois is not None else {}),
                     "ttp_map": files.get("ttp_map", ""), "slope_map": files.get("slope_map", ""),
                     "tac_plot": files.get("tac_plot", ""),
                     "lesion_mm": lesion_mm,

@@ -54,13 +54,17 @@ def _world_x_centroid(mask: np.ndarray, affine: np.ndarray) -> float:
     return float((affine @ centroid_vox)[0])
 
 
-def mirror_mask(mask: np.ndarray, affine: np.ndarray, *, midline_x_mm: float) -> np.ndarray:
+def mirror_mask(mask: np.ndarray, affine: np.ndarray, *, midline_x_mm: float | None = None,
+                reflection: np.ndarray | None = None) -> np.ndarray:
     """Reflect a mask across the world plane ``x = midline_x_mm`` (nearest neighbour).
 
     Args:
         mask: binary mask (X, Y, Z).
         affine: voxel-to-world affine (RAS+ mm).
         midline_x_mm: world x of the midsagittal plane.
+        reflection: instead of ``midline_x_mm``, the 4x4 world reflection to use (an involution),
+            e.g. the template's midsagittal reflection brought through the exam's registration
+            ``P diag(-1, 1, 1) P^-1``, which follows a tilted head.
 
     Returns:
         Boolean mask on the same grid: voxel ``v`` is inside when its mirror image falls into
@@ -72,8 +76,13 @@ def mirror_mask(mask: np.ndarray, affine: np.ndarray, *, midline_x_mm: float) ->
     out = np.zeros(m.shape, dtype=bool)
     if not m.any():
         return out
-    reflect = np.diag([-1.0, 1.0, 1.0, 1.0])
-    reflect[0, 3] = 2.0 * midline_x_mm
+    if reflection is not None:
+        reflect = np.asarray(reflection, dtype=np.float64)
+    elif midline_x_mm is not None:
+        reflect = np.diag([-1.0, 1.0, 1.0, 1.0])
+        reflect[0, 3] = 2.0 * midline_x_mm
+    else:
+        raise ValueError("mirror_mask: give midline_x_mm or reflection")
     # The reflection is an involution, so voxel-space map = inv(A) R A both ways.
     vox_map = np.linalg.inv(aff) @ reflect @ aff
     # Bounding box of the forward image of the mask, padded, to limit the pull-back work.
@@ -108,6 +117,7 @@ def mirrored_background_mask(
     margin_mm: float = 5.0,
     min_volume_ml: float = 1.0,
     support_fraction: float = 0.2,
+    reflection: np.ndarray | None = None,
 ) -> np.ndarray:
     """Healthy background: the tumour mirrored to the contralateral hemisphere (module docstring).
 
@@ -122,6 +132,8 @@ def mirrored_background_mask(
         min_volume_ml: grow the mirrored region until the background reaches this volume.
         support_fraction: PET support threshold (fraction of P99), see
             :func:`brain_support_mask`.
+        reflection: a 4x4 world reflection replacing the plane ``x = midline_x_mm`` (see
+            :func:`mirror_mask`); from the exam's registration to the template.
 
     Returns:
         Boolean background mask (X, Y, Z).
@@ -143,7 +155,7 @@ def mirrored_background_mask(
     if exclude_mask is not None:
         excluded |= check_mask(exclude_mask, "exclude_mask", shape)
     x_mid = _world_x_centroid(support, aff) if midline_x_mm is None else float(midline_x_mm)
-    mirrored = mirror_mask(t, aff, midline_x_mm=x_mid)
+    mirrored = mirror_mask(t, aff, midline_x_mm=x_mid, reflection=reflection)
     allowed = support & ~excluded
     background = mirrored & allowed
     voxel_ml = voxel_volume_ml(aff)

@@ -7,7 +7,7 @@ import numpy as np
 
 from ml.registration.transform import Image
 
-__all__ = ["mni_template", "mni_brain_mask"]
+__all__ = ["mni_template", "mni_brain_mask", "mni_tissue_mask"]
 
 
 @lru_cache(maxsize=2)
@@ -28,3 +28,15 @@ def mni_brain_mask(resolution: int = 2) -> Image:
 
     img = datasets.load_mni152_brain_mask(resolution=resolution)
     return Image((np.asarray(img.dataobj) > 0).astype(np.uint8), np.asarray(img.affine, dtype=np.float64))
+
+
+@lru_cache(maxsize=2)
+def mni_tissue_mask(resolution: int = 2, threshold: float = 0.5) -> Image:
+    """Grey + white matter of the template (nilearn's ICBM152 2009 probability maps summed,
+    ``>= threshold``; uint8): brain tissue without ventricles and sulcal CSF."""
+    from nilearn import datasets
+
+    gm = datasets.load_mni152_gm_template(resolution=resolution)
+    wm = datasets.load_mni152_wm_template(resolution=resolution)
+    tissue = np.asarray(gm.dataobj, dtype=np.float32) + np.asarray(wm.dataobj, dtype=np.float32)
+    return Image((tissue >= threshold).astype(np.uint8), np.asarray(gm.affine, dtype=np.float64))

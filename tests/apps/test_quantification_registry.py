@@ -87,15 +87,22 @@ def test_quantify_command_writes_the_csv(one_subject, tmp_path):
         ExamQuantification.objects.get(exam__code="01").suv_max, rel=0.12)
 
 
-def test_quantify_without_tumour_mask_fails_clearly(one_subject):
-    for mask in one_subject.glob("derivatives/*/sub-*/ses-01/*/*desc-tumor_mask.nii.gz"):
+def test_quantify_without_masks_uses_automatic_vois(one_subject):
+    """Issue 10: a site that supplies no masks gets automatic tumour, striatum and background VOIs,
+    and the stored quantification says so."""
+    for mask in one_subject.glob("derivatives/*/sub-*/ses-01/*/*desc-*_mask.nii.gz"):
         mask.unlink()
     bids_import(path=one_subject)
     from apps.jobs.services import job_run_inline
 
-    job = job_run_inline(kind="quantify_exam", params={"exam": Exam.objects.get(code="01").pk})
-    assert job.status == "failed" and "no tumour mask" in job.message
-    assert not ExamQuantification.objects.exists()
+    exam = Exam.objects.get(code="01")
+    assert not exam.masks.exists()
+    job = job_run_inline(kind="quantify_exam", params={"exam": exam.pk})
+    assert job.status == "succeeded", job.message
+    quant = ExamQuantification.objects.get(exam=exam)
+    assert quant.voi_sources == {"tumor": "automatic", "striatum": "automatic", "background": "mirrored"}
+    assert quant.config["auto_voi"]["config"]["threshold_tbr"] == 1.6
+    assert quant.tbr_max > 1.6 and quant.mtv_ml > 0 and quant.ts_max > 0
 
 
 @pytest.mark.slow
