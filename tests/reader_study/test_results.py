@@ -162,3 +162,13 @@ def test_crossover_interim_after_the_first_session():
     assert rep is not None and rep.or_auc is None and rep.agreement is None
     assert set(rep.ustat_auc.modalities) == {"unaided", "aided"}
     assert np.isnan(rep.ustat_auc.reader_auc).sum() == 4  # each reader read one arm
+
+
+def test_a_study_without_ai_output():
+    study = study_world(n_cases=8, n_readers=3, seed=2, with_model=False)
+    readers_simulate(study=study, n_readers=3, seed=3)
+    results = study_results(study)
+    assert results.report.or_auc is not None and results.report.standalone is None
+    assert any("no AI probability" in n for n in results.notes)
+    assert results.frame["ai_probability"].isna().all()
+    assert results.acceptability["overall"]["same_decision_as_ai_pct"] is None
