@@ -9,7 +9,7 @@ from __future__ import annotations
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -38,7 +38,10 @@ class StudyResultsAPI(_StudyResultsAPI):
 class StudyExportAPI(_StudyResultsAPI):
     """One export file (``csv``: analysis-ready long CSV, ``imrmc``: iMRMC input, ``json``); audited."""
 
-    @extend_schema(responses={(200, "text/csv"): OpenApiTypes.BINARY})
+    @extend_schema(parameters=[OpenApiParameter("fmt", str, OpenApiParameter.PATH, enum=list(FORMATS),
+                                                description="csv, imrmc or json")],
+                   responses={(200, "text/csv"): OpenApiTypes.BINARY, (200, "text/plain"): OpenApiTypes.BINARY,
+                              (200, "application/json"): OpenApiTypes.OBJECT})
     def get(self, request, slug, fmt):
         study = self.get_study(slug)
         if fmt not in FORMATS:
