@@ -229,10 +229,16 @@ def run_report(frame: pd.DataFrame, *, threshold: float, ai_threshold: float | N
     data, times = inputs["data"], inputs["times"]
     arms = [a for a in ARMS if a in data.modalities]
     use_times = times if times["arm"].nunique() >= 2 and len(times) >= 4 else None
-    report = study_report(
-        data, unaided=arms[0], aided=arms[1] if len(arms) > 1 else None, threshold=threshold,
-        ai_ratings=inputs["ai_ratings"], ai_threshold=inputs["ai_threshold"], times=use_times, alpha=alpha,
-    )
+    kwargs = {"unaided": arms[0], "aided": arms[1] if len(arms) > 1 else None, "threshold": threshold,
+              "ai_ratings": inputs["ai_ratings"], "ai_threshold": inputs["ai_threshold"], "alpha": alpha}
+    try:
+        report = study_report(data, times=use_times, **kwargs)
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+        if use_times is None:
+            raise
+        # a mixed model on a handful of interim readings can be singular: everything else still holds
+        report = study_report(data, times=None, **kwargs)
+        inputs["time_error"] = f"reading-time model not estimable yet ({type(exc).__name__}: {exc})"
     return report, inputs
 
 
@@ -366,6 +372,8 @@ def study_results(study: Study, *, alpha: float = 0.05) -> StudyResults:
             try:
                 report, inputs = run_report(usable, threshold=threshold, ai_threshold=ai_threshold, alpha=alpha)
                 basis = inputs["time_basis"]
+                if "time_error" in inputs:
+                    notes.append(inputs["time_error"])
                 if inputs["ai_ratings"] is None:
                     notes.append("no AI probability for every case read: AI-alone comparison skipped")
             except ValueError as exc:  # too few readings for an analysis yet

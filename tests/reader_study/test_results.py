@@ -172,3 +172,17 @@ def test_a_study_without_ai_output():
     assert any("no AI probability" in n for n in results.notes)
     assert results.frame["ai_probability"].isna().all()
     assert results.acceptability["overall"]["same_decision_as_ai_pct"] is None
+
+
+def test_a_singular_time_model_does_not_take_the_results_down(monkeypatch):
+    import reader_study.analysis.report as report_module
+
+    def singular(*args, **kwargs):
+        raise np.linalg.LinAlgError("Singular matrix")
+
+    study = study_world(n_cases=8, n_readers=3, seed=2)
+    readers_simulate(study=study, n_readers=3, seed=3)
+    monkeypatch.setattr(report_module, "reading_time_model", singular)
+    results = study_results(study)
+    assert results.report.or_auc is not None and results.report.reading_time is None
+    assert any("reading-time model not estimable yet (LinAlgError" in n for n in results.notes)
