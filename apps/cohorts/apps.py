@@ -7,3 +7,9 @@ class CohortsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     # Job handlers (handlers.py) are imported by apps.jobs on first use, not here: start-up stays light.
+
+    def ready(self) -> None:
+        from apps.cohorts.panels import register_exam_panel
+        from apps.cohorts.registration_panel import registration_panel
+
+        register_exam_panel(registration_panel)

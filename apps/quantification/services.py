@@ -15,7 +15,7 @@ from apps.quantification.models import ExamQuantification, RadiomicsFeatures
 from ml.io.grid import Grid, resample_to_grid
 from ml.io.nifti import load_nifti, nifti_bytes
 from ml.quant import ROW_COLUMNS, QuantConfig, quantify_exam
-from ml.quant.auto_voi import AutoVois, auto_vois
+from ml.quant.auto_voi import AutoVoiConfig, AutoVois, auto_vois
 from ml.radiomics.table import SEPARATOR, exam_features
 from ml.registration import Transform, register_exam
 
@@ -97,7 +97,8 @@ def _pet_from_template(exam: Exam, static: Volume) -> Transform:
     return reg.pet_from_template
 
 
-def _auto_vois(exam: Exam, static: Volume, suv, affine, *, tumor, striatum, background) -> AutoVois | None:
+def _auto_vois(exam: Exam, static: Volume, suv, affine, *, tumor, striatum, background,
+               threshold_tbr: float) -> AutoVois | None:
     """Automatic tumour and/or striatum VOIs (ml.quant.auto_voi) where the site supplied none.
 
     None when only the striatum is missing and the exam cannot be registered (no MRI): the
@@ -111,7 +112,8 @@ def _auto_vois(exam: Exam, static: Volume, suv, affine, *, tumor, striatum, back
         raise
     try:
         return auto_vois(suv, affine, pet_from_template=transform, tumor_mask=tumor,
-                         striatum_mask=striatum, background_mask=background)
+                         striatum_mask=striatum, background_mask=background,
+                         config=AutoVoiConfig(threshold_tbr=threshold_tbr))
     except ValueError as exc:
         raise QuantificationError(f"exam {exam}: automatic VOIs failed: {exc}") from exc
 
@@ -161,7 +163,8 @@ def exam_quantify(
     vois = None
     if tumor is None or striatum is None:
         report(15, "Automatic VOIs")
-        vois = _auto_vois(exam, static, suv, affine, tumor=tumor, striatum=striatum, background=background)
+        vois = _auto_vois(exam, static, suv, affine, tumor=tumor, striatum=striatum, background=background,
+                          threshold_tbr=(config or QuantConfig()).mtv_threshold_tbr)
         if vois is not None:
             tumor, striatum = vois.tumor, vois.striatum
             background = vois.background if vois.sources["tumor"] == "automatic" else background

@@ -53,6 +53,11 @@ def _mosaic(volume: np.ndarray, n: int, cols: int) -> np.ndarray:
     return _tile(_slices(volume, n), cols)
 
 
+#: PNG zlib level: the pixels are the same at any level; level 1 is several times faster than
+#: ``optimize=True`` for files about 20 % larger.
+PNG_LEVEL = 1
+
+
 def render_mosaic(
     out_path: str | Path,
     mri: np.ndarray | None,
@@ -86,7 +91,7 @@ def render_mosaic(
     mosaic = _tile(rgb, cols)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((mosaic * 255).astype(np.uint8)).save(out_path, optimize=True)
+    Image.fromarray((mosaic * 255).astype(np.uint8)).save(out_path, compress_level=PNG_LEVEL)
     return out_path
 
 
@@ -98,14 +103,14 @@ def render_edge_overlay(
     n_slices: int = 12,
     cols: int = 6,
     colour: tuple[float, float, float] = (0.1, 1.0, 0.3),
-    threshold: float = 0.3,
+    levels: tuple[float, ...] = (0.3, 0.75),
 ) -> Path:
     """Registration QC: ``base`` in grey (e.g. the MNI template) with the edges of ``edges_of``
     (e.g. the registered T1c) drawn in ``colour``; RAS-ordered arrays on the same grid.
 
-    Edges are the in-plane gradient magnitude of each shown slice (Gaussian, 1 voxel), scaled by
-    its 99th percentile over the slices, drawn where above ``threshold``: a well registered MRI
-    outlines the template's brain, ventricles and sulci.
+    The edges are contour lines of ``edges_of`` (smoothed by one voxel in-plane) at ``levels``
+    times its 99th percentile: on a T1 the outline of the brain and of the ventricles and the
+    grey/white boundary, which lie on the template's when the registration is right.
     """
     if base.shape[:3] != edges_of.shape[:3]:
         raise ValueError(f"render_edge_overlay: grids differ {base.shape[:3]} vs {edges_of.shape[:3]}")
@@ -113,12 +118,19 @@ def render_edge_overlay(
     e3 = edges_of.mean(axis=3) if edges_of.ndim == 4 else edges_of
     grey = _window(_slices(b3, n_slices), limits=_limits(b3, 1.0, 99.5))
     thin = np.nan_to_num(_slices(e3, n_slices).astype(np.float32))
-    grad = ndimage.gaussian_gradient_magnitude(thin, sigma=(1.0, 1.0, 0.0))
-    top = float(np.percentile(grad, 99)) or 1.0
-    edge = (grad / top) > threshold
+    # contours of the smoothed image at fractions of its 99th percentile (T1: the brain's outline,
+    # the ventricles, the grey/white boundary); noise and bias fields do not draw lines
+    smooth = ndimage.gaussian_filter(thin, sigma=(1.0, 1.0, 0.0))
+    top = float(np.percentile(smooth, 99)) or 1.0
+    plane = np.zeros((3, 3, 3), bool)
+    plane[:, :, 1] = ndimage.generate_binary_structure(2, 1)
+    edge = np.zeros(thin.shape, bool)
+    for level in levels:
+        above = smooth > level * top
+        edge |= above & ~ndimage.binary_erosion(above, structure=plane)
     rgb = np.repeat(grey[..., None], 3, axis=-1)
     rgb[edge] = np.asarray(colour, dtype=np.float32)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((_tile(rgb, cols) * 255).astype(np.uint8)).save(out_path, optimize=True)
+    Image.fromarray((_tile(rgb, cols) * 255).astype(np.uint8)).save(out_path, compress_level=PNG_LEVEL)
     return out_path

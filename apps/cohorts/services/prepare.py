@@ -17,6 +17,7 @@ the registered MRI; a coordinator who finds a registration wrong sets the common
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,13 @@ from ml.registration import common_template, register_exam, registration_similar
 
 MRI_FOR_FUSION = ("t1c", "t1", "flair", "t2")
 PET_FOR_REGISTRATION = ("pet_static", "pet_dynamic")
+
+
+def _stored_dtype(volume: Volume, array: np.ndarray) -> str:
+    """float32 for the static PET (the SUV the models read); int16 with a scale factor for the
+    dynamic PET and the MRI (3e-5 of the maximum, far below noise; half the bytes, 5x faster to
+    compress)."""
+    return "float32" if volume.kind == "pet_static" else "int16"
 
 
 def _suv(volume: Volume, array: np.ndarray) -> np.ndarray:
@@ -65,7 +73,10 @@ def exam_prepare(*, exam: Exam, progress: Callable[[float, str], None] | None = 
     store = StoreTransaction()
     resampled: dict[str, np.ndarray] = {}
     common_rows: dict[str, dict] = {}
+    encoded: dict[str, Future] = {}
     tmp = media_path("tmp")
+    # Compressing a volume (zlib releases the GIL) overlaps with resampling the next one.
+    pool = ThreadPoolExecutor(max_workers=2)
     try:
         for i, vol in enumerate(natives):
             report(40 + 30 * i / len(natives), f"Resampling {vol.kind}")
@@ -73,15 +84,17 @@ def exam_prepare(*, exam: Exam, progress: Callable[[float, str], None] | None = 
             if vol.is_pet:
                 array = _suv(vol, array)
             resampled[vol.kind] = array
-            dtype = "int16" if array.ndim == 4 else "float32"
-            name, sha = store.put_bytes(grid_nifti_bytes(array, grid.affine, dtype=dtype),
-                                        category="common", suffix=".nii.gz")
+            dtype = _stored_dtype(vol, array)
+            encoded[vol.kind] = pool.submit(grid_nifti_bytes, array, grid.affine, dtype=dtype)
             common_rows[vol.kind] = dict(
-                file=name, sha256=sha, source_name=vol.source_name, shape=list(array.shape),
+                source_name=vol.source_name, shape=list(array.shape),
                 voxel_size=[2.0, 2.0, 2.0], affine=grid.affine.tolist(), stored_dtype=dtype,
                 units="SUV" if vol.is_pet else "", suv_factor=1.0 if vol.is_pet else None,
                 frame_start_s=vol.frame_start_s, frame_duration_s=vol.frame_duration_s,
             )
+        for kind, future in encoded.items():
+            common_rows[kind]["file"], common_rows[kind]["sha256"] = store.put_bytes(
+                future.result(), category="common", suffix=".nii.gz")
         report(72, "Registration quality")
         mri = resampled.get(mri_kind) if mri_kind else None
         similarity = registration_similarity(mri=mri, pet=resampled.get(pet_kind) if pet_kind else None)
@@ -135,6 +148,8 @@ def exam_prepare(*, exam: Exam, progress: Callable[[float, str], None] | None = 
     except BaseException:
         store.rollback()
         raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     store.release()
     flag = " (registration flagged for review)" if similarity["poor"] else ""
     return {"message": f"Registered to MNI152 and prepared {len(natives)} volumes and {len(mask_rows)} masks "
