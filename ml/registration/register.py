@@ -66,6 +66,28 @@ def _one_thread() -> Iterator[None]:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
 
 
+def _rotation_search(fixed: sitk.Image, moving: sitk.Image, tx: sitk.Euler3DTransform, *, bins: int,
+                     mask: sitk.Image | None = None, step_deg: float = 10.0, steps: int = 2) -> None:
+    """Start from the best of a grid of rotations (+-``steps`` x ``step_deg`` about each axis,
+    125 poses) evaluated on 8x shrunk images: a head turned by 20-30 degrees otherwise leaves
+    the gradient descent in a wrong local optimum (seen once in 12 exams with head motion)."""
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
+    reg.SetMetricSamplingStrategy(reg.REGULAR)
+    reg.SetMetricSamplingPercentage(0.5, 1)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsExhaustive(numberOfSteps=[steps, steps, steps, 0, 0, 0], stepLength=np.deg2rad(step_deg))
+    reg.SetOptimizerScales([1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    reg.SetShrinkFactorsPerLevel([8])
+    reg.SetSmoothingSigmasPerLevel([4.0])
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    if mask is not None:
+        reg.SetMetricFixedMask(mask)
+    reg.SetInitialTransform(tx, inPlace=True)
+    with _one_thread():
+        reg.Execute(fixed, moving)
+
+
 def _normalised(image: Image) -> sitk.Image:
     """Float image scaled to [0, 1] by its 99.5th percentile (MI needs no more; keeps bins sane)."""
     arr = image.array if image.array.ndim == 3 else image.array.mean(axis=3)
@@ -108,6 +130,8 @@ def register_rigid_mi(moving, fixed, *, bins: int = 32, sampling: float = 0.05, 
         lps = sitk_affine(initial.matrix)
         tx.SetMatrix(lps.GetMatrix(), tolerance=1e-3)
         tx.SetTranslation(lps.GetTranslation())
+    if initial is None:
+        _rotation_search(f, m, tx, bins=bins)
     reg = _method(bins=bins, sampling=sampling, iterations=iterations)
     reg.SetInitialTransform(tx, inPlace=True)
     with _one_thread():
@@ -136,6 +160,7 @@ def register_affine(moving, template=None, *, bins: int = 32, sampling: float = 
         mask = to_sitk(brain, dtype=np.uint8)
     rigid = sitk.CenteredTransformInitializer(f, m, sitk.Euler3DTransform(),
                                               sitk.CenteredTransformInitializerFilter.MOMENTS)
+    _rotation_search(f, m, rigid, bins=bins, mask=mask)
     reg = _method(bins=bins, sampling=sampling, iterations=iterations, fixed_mask=mask)
     reg.SetInitialTransform(rigid, inPlace=True)
     with _one_thread():
