@@ -153,14 +153,22 @@ def main() -> None:
         vois = auto_vois(suv, data.affine, pet_from_template=transform)
         auto_rows.append(validation_row(suv, data.affine, vois, supplied))
     if auto_rows:
-        col = {k: np.array([r[k] for r in auto_rows]) for k in auto_rows[0]}
-        n_above = int(col["above_threshold"].sum())
-        print(f"automatic VOIs on {len(auto_rows)} exams ({n_above} with voxels above 1.6 x background):")
-        for k in ("dice_tumor", "dice_tumor_btv", "dice_striatum"):
-            print(f"  {k}: median {np.nanmedian(col[k]):.2f} (min {np.nanmin(col[k]):.2f})")
-        print(f"  TBRmax: {_agreement(col['tbr_max_auto'], col['tbr_max_mask'])}")
-        print(f"  T/S max: {_agreement(col['ts_max_auto'], col['ts_max_mask'])}")
-        print(f"  MTV: {_agreement(col['mtv_ml_auto'], col['mtv_ml_mask'], relative=False)} mL")
+        every = {k: np.array([r[k] for r in auto_rows]) for k in auto_rows[0]}
+        above = every["above_threshold"] > 0
+        # The threshold method applies to lesions with uptake above 1.6 x background; without an MRI
+        # lesion mask a PET-negative lesion cannot be found (its fallback sphere sits on the hottest
+        # spot elsewhere), so both populations are reported.
+        for label, sel in ((f"{int(above.sum())} exams with voxels above 1.6 x background", above),
+                           (f"all {len(auto_rows)} exams", np.ones_like(above))):
+            if not sel.any():
+                continue
+            col = {k: v[sel] for k, v in every.items()}
+            print(f"automatic VOIs, {label}:")
+            for k in ("dice_tumor", "dice_tumor_btv", "dice_striatum"):
+                print(f"  {k}: median {np.nanmedian(col[k]):.2f} (min {np.nanmin(col[k]):.2f})")
+            print(f"  TBRmax: {_agreement(col['tbr_max_auto'], col['tbr_max_mask'])}")
+            print(f"  T/S max: {_agreement(col['ts_max_auto'], col['ts_max_mask'])}")
+            print(f"  MTV: {_agreement(col['mtv_ml_auto'], col['mtv_ml_mask'], relative=False)} mL")
     print(f"(work folder {work}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
 
 

@@ -12,4 +12,5 @@ class CohortsConfig(AppConfig):
         from apps.cohorts.panels import register_exam_panel
         from apps.cohorts.registration_panel import registration_panel
 
-        register_exam_panel(registration_panel)
+        # below the other panels: the viewer stays above the fold
+        register_exam_panel(registration_panel, order=100)

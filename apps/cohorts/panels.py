@@ -8,13 +8,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 _PANELS: list[Callable] = []
+_ORDER: dict[Callable, int] = {}
 
 
-def register_exam_panel(func: Callable) -> Callable:
+def register_exam_panel(func: Callable, *, order: int = 0) -> Callable:
+    """Add a panel; panels show by ``order``, then in the order they were registered."""
     if func not in _PANELS:
         _PANELS.append(func)
+    _ORDER[func] = order
     return func
 
 
 def exam_panels(exam, user) -> list[dict]:
-    return [p for p in (func(exam, user) for func in _PANELS) if p]
+    ordered = sorted(_PANELS, key=lambda f: (_ORDER.get(f, 0), _PANELS.index(f)))
+    return [p for p in (func(exam, user) for func in ordered) if p]
