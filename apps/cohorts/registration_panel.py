@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from apps.cohorts.models import Volume
 
+MRI_NAMES = {"t1c": "T1c", "t1": "T1", "flair": "FLAIR", "t2": "T2"}
 CAPTIONS = {
-    "mri": "Edges of the registered {kind} (green) on the MNI152 template",
+    "mri": "Contours of the registered {kind} (green) on the MNI152 template",
     "pet": "PET (SUV, hot colours) on the registered MRI",
 }
 
@@ -23,7 +24,7 @@ def registration_panel(exam, user) -> dict | None:
         elif vol.kind == "pet_static":
             shown.append((vol, CAPTIONS["pet"]))
     similarity = reg.get("similarity", {})
-    figures = [(label, similarity[key]) for key, label in (("mri_template", f"{reference.upper() or 'MRI'} vs MNI152 template"),
+    figures = [(label, similarity[key]) for key, label in (("mri_template", f"{MRI_NAMES.get(reference, 'MRI')} vs MNI152 template"),
                                                           ("pet_mri", "PET vs MRI")) if key in similarity]
     return {"template": "cohorts/_registration_panel.html", "registration": reg, "figures": figures,
             "shown": shown, "failed": any(v.qc_status == "fail" for v, _ in shown)}
