@@ -139,10 +139,13 @@ def test_workers_run_the_project_celery_app(compose: dict, name: str, queue: str
 
 
 def test_cpu_worker_consumes_the_default_queue_and_gpu_queue_is_configurable() -> None:
-    from django.conf import settings
-
-    # tasks without a route go to Celery's default queue, which the CPU worker reads
-    assert getattr(settings, "CELERY_TASK_DEFAULT_QUEUE", "celery") == "celery"
+    # tasks without a route go to Celery's default queue, which the CPU worker reads; asked of a
+    # process outside pytest, since a test process has a queue of its own
+    code = "import django; django.setup(); from django.conf import settings; print(settings.CELERY_TASK_DEFAULT_QUEUE)"
+    env = {k: v for k, v in os.environ.items() if k != "CELERY_TASK_DEFAULT_QUEUE"}
+    env["DJANGO_SETTINGS_MODULE"] = "config.settings"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "celery"
     assert "AMINOPET_GPU_QUEUE" in settings_env_vars()
 
 
