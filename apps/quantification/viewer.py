@@ -5,8 +5,9 @@ One builder for the exam page and the reading page. It shows the exam's prepared
 top with a clinical window, the tumour VOI and the parametric maps as overlays (hidden until the
 reader turns them on), an optional AI heat map, the dynamic PET with its frame times, and the
 time-activity curves of the tumour VOI and the reference regions. The crosshair opens on the lesion:
-the tumour's SUVmax voxel (``ExamQuantification.lesion_mm``, or computed from the tumour mask and the
-PET for rows quantified before that field existed).
+the tumour's SUVmax voxel on the common grid the viewer shows (found once per pair of stored files;
+``ExamQuantification.lesion_mm`` is the native-grid position, in scanner coordinates, used only when
+the exam has no common-grid tumour mask).
 
 Blinding: the configuration names layers by what they are ("T1c", "pet.nii.gz"), never by the site,
 patient, exam code, day or stored file name; URLs come from the caller's ``url_for``, so the reading
@@ -18,6 +19,7 @@ Every number the viewer shows carries its unit here (``unit``) and the window it
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -72,6 +74,18 @@ def _array(obj: Volume | Mask) -> tuple[np.ndarray, np.ndarray]:
     return data.array, data.affine
 
 
+@lru_cache(maxsize=512)
+def _common_grid_lesion(pet_name: str, tumor_name: str) -> tuple[float, float, float] | None:
+    """The tumour SUVmax voxel found on the common-grid PET the viewer shows (files are content-
+    addressed, so a name always means the same bytes and the answer can be kept)."""
+    suv = load_nifti(media_path(pet_name)).array
+    mask = load_nifti(media_path(tumor_name))
+    tumor = mask.array > 0.5
+    if tumor.shape != suv.shape[:3] or not tumor.any():
+        return None
+    return tuple(lesion_position_mm(suv, tumor, mask.affine))
+
+
 def _suv_reference(quant, pet: Volume, tumor: Mask | None, background: Mask | None) -> dict:
     """SUVmax of the tumour, background mean SUV and the lesion position, from the quantification
     when it has them, else measured on the common-grid PET and masks (rows quantified before)."""
@@ -81,6 +95,13 @@ def _suv_reference(quant, pet: Volume, tumor: Mask | None, background: Mask | No
         out["background_mean"] = (quant.config.get("static") or {}).get("background_mean")
         out["lesion_mm"] = quant.lesion_mm
         out["source"] = "quantification"
+    if tumor is not None:
+        # The viewer shows the common grid (registered to the template): the crosshair opens on the
+        # hottest tumour voxel there, so the read-out at the lesion is the SUVmax the reader sees.
+        lesion = _common_grid_lesion(pet.file.name, tumor.file.name)
+        if lesion is not None:
+            out["lesion_mm"] = list(lesion)
+            out["source"] = out["source"] or "mask"
     if out["lesion_mm"] is not None and out["suv_max"] is not None and out["background_mean"]:
         return out
     if tumor is None:

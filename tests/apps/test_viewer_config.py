@@ -14,7 +14,7 @@ from django.urls import reverse
 from apps.cohorts.models import Exam
 from apps.cohorts.services.bids import bids_import
 from apps.cohorts.services.prepare import exam_prepare
-from apps.cohorts.services.store import StoreTransaction
+from apps.cohorts.services.store import StoreTransaction, media_path
 from apps.quantification.panels import exam_page_url
 from apps.quantification.services import exam_quantify
 from apps.quantification.viewer import PET_WINDOW_MIN_TBR, exam_viewer_config
@@ -60,7 +60,18 @@ def test_generated_exam_opens_on_the_tumour_suvmax_in_suv(prepared_exam):
     ijk = np.unravel_index(np.argmax(np.where(np.asarray(mask.dataobj) > 0.5, pet, -np.inf)), pet.shape)
     expected = nib.affines.apply_affine(pet_img.affine, ijk)
     np.testing.assert_allclose(quant.lesion_mm, expected, atol=1e-2)
-    np.testing.assert_allclose(config["crosshair"], expected, atol=1e-2)
+    # the viewer shows the common grid (template space, other world coordinates than the scanner's):
+    # it opens on the tumour SUVmax voxel there (nibabel on the stored common-grid files)
+    pet_volume = exam.volumes.get(kind="pet_static", space="common")
+    common_pet = nib.load(media_path(pet_volume.file.name))
+    common_tumour = nib.load(media_path(exam.masks.get(kind="tumor", space="common", grid=pet_volume).file.name))
+    hottest = np.unravel_index(np.argmax(np.where(np.asarray(common_tumour.dataobj) > 0.5,
+                                                  np.asarray(common_pet.dataobj, dtype=float), -np.inf)),
+                               common_tumour.shape)
+    np.testing.assert_allclose(config["crosshair"], nib.affines.apply_affine(common_tumour.affine, hottest),
+                               atol=1e-2)
+    # the same lesion: resampling to the template grid keeps most of the native SUVmax there
+    assert np.asarray(common_pet.dataobj, dtype=float)[hottest] > 0.8 * quant.suv_max
     assert config["lesion"]["source"] == "quantification"
     assert config["markers"][0]["mm"] == config["crosshair"]
 
