@@ -20,7 +20,7 @@ from rest_framework.views import APIView
 from apps.accounts.models import Role
 from apps.accounts.permissions import MANAGE_ROLES, RolePermission
 from reader_study import selectors, services
-from reader_study.models import Reading, Study
+from reader_study.models import Arm, Reading, Study
 from reader_study.serializers import AnswerSerializer, StudySerializer
 
 
@@ -97,15 +97,17 @@ class ReadingCaseAPI(_ReaderAPI):
             reading = services.reading_open(assignment=assignment, arm=arm, user=request.user, request=request)
         except services.ReadingLocked as exc:
             return _error("permission_denied", str(exc), status.HTTP_403_FORBIDDEN)
-        ai = selectors.ai_panel(reader, assignment.case, arm)
+        case = assignment.case
+        prediction = selectors.ai_prediction(reader.study, case) if arm == Arm.AIDED else None
+        ai = selectors.ai_panel(reader, case, arm, assignment=assignment, prediction=prediction)
         if ai is not None:
             ai = {**ai, "features": [asdict(f) | {"text": f.text} for f in ai["features"]]}
         position, n = selectors.reading_position(assignment)
         return Response({
-            "case": assignment.case.code, "arm": arm, "position": position, "n_cases": n,
+            "case": case.code, "arm": arm, "position": position, "n_cases": n,
             "session": assignment.session.number, "opened_at": reading.opened_at,
             "question": reader.study.question, "rating_scale": reader.study.rating_scale,
-            "viewer": selectors.case_viewer_config(reader, assignment.case, arm), "ai": ai,
+            "viewer": selectors.case_viewer_config(reader, case, arm, prediction=prediction), "ai": ai,
         })
 
     @extend_schema(request=AnswerSerializer, responses=dict)
@@ -116,6 +118,9 @@ class ReadingCaseAPI(_ReaderAPI):
         reading = Reading.objects.filter(reader=reader, case=assignment.case, arm=arm).first()
         if reading is None:
             return _error("not_opened", "open the case (GET) before answering it", status.HTTP_409_CONFLICT)
+        reading.reader, reading.case = reader, assignment.case  # the rows it was looked up by
+        if reading.assignment_id == assignment.pk:
+            reading.assignment = assignment
         reason = services.arm_refusal(assignment=assignment, arm=arm)
         if reason and not reading.is_submitted:
             return _error("permission_denied", reason, status.HTTP_403_FORBIDDEN)

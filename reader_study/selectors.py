@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from statistics import median
 
-from django.db.models import Count, Prefetch, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.http import Http404
 from django.urls import reverse
 from django.utils import timezone
@@ -109,13 +109,14 @@ def assignment_for(reader: StudyReader, case_code: str, arm: str) -> Assignment:
     """The reader's assignment of case ``case_code`` for ``arm``; 404 when not theirs."""
     if arm not in Arm.values:
         raise Http404("no such arm")
-    qs = Assignment.objects.select_related("session__reader__study", "case__exam__patient").filter(
-        session__reader=reader, case__code=case_code)
+    qs = (Assignment.objects.select_related("session", "case__exam__patient")
+          .filter(session__reader=reader, case__code=case_code).annotate(n_session_cases=_session_size()))
     if reader.study.design == Design.CROSSOVER:
         qs = qs.filter(session__arm=arm)
     assignment = qs.first()
     if assignment is None:
         raise Http404("no such case")
+    assignment.session.reader = reader  # the reader already loaded (study, sessions): no second fetch
     return assignment
 
 
@@ -167,15 +168,31 @@ def worklist(reader: StudyReader) -> list[WorklistSession]:
 
 
 def next_reading(reader: StudyReader) -> tuple[str, str] | None:
-    """(case code, arm) of the reader's next reading that may be opened now, in the stored order."""
-    for ws in worklist(reader):
-        if ws.state != "open":
-            continue
-        for row in ws.rows:
-            for arm, _, state in row.arms:
-                if state == "open":
-                    return row.code, arm
-    return None
+    """(case code, arm) of the reader's next reading that may be opened now, in the stored order.
+
+    The first case of :func:`worklist` with an ``open`` arm, found with two queries (the sessions,
+    read again for their state, and the first assignment not fully answered) instead of the worklist."""
+    if reader.study.status != StudyStatus.OPEN:
+        return None
+    sessions = list(ReadingSession.objects.filter(reader=reader).order_by("number"))
+    now = timezone.now()
+    open_ids = [s.pk for s in sessions if session_state(s, now=now, sessions=sessions) == "open"]
+    if not open_ids:
+        return None
+    submitted = Reading.objects.filter(reader=reader, case_id=OuterRef("case_id"), submitted_at__isnull=False)
+    unaided_done = Exists(submitted.filter(arm=Arm.UNAIDED))
+    aided_done = Exists(submitted.filter(arm=Arm.AIDED))
+    nxt = (Assignment.objects.filter(session_id__in=open_ids)
+           .annotate(unaided_done=unaided_done, aided_done=aided_done)
+           .filter(Q(session__arm=Arm.UNAIDED, unaided_done=False) | Q(session__arm=Arm.AIDED, aided_done=False)
+                   | (Q(session__arm="") & (Q(unaided_done=False) | Q(aided_done=False))))
+           .select_related("case", "session").only("position", "case__code", "session__arm", "session__number")
+           .order_by("session__number", "position").first())
+    if nxt is None:
+        return None
+    if nxt.session.arm:
+        return nxt.case.code, nxt.session.arm
+    return nxt.case.code, Arm.AIDED if nxt.unaided_done else Arm.UNAIDED
 
 
 def reader_progress(reader: StudyReader) -> tuple[int, int]:
@@ -188,8 +205,16 @@ def reader_progress(reader: StudyReader) -> tuple[int, int]:
     return done, total
 
 
+def _session_size():
+    """The number of assignments of the row's session, as a subquery (no GROUP BY: lockable)."""
+    return Subquery(Assignment.objects.filter(session_id=OuterRef("session_id")).order_by()
+                    .values("session_id").annotate(n=Count("pk")).values("n")[:1])
+
+
 def reading_position(assignment: Assignment) -> tuple[int, int]:
-    return assignment.position, assignment.session.assignments.count()
+    """(position, cases in the session); the count comes with :func:`assignment_for`'s row when it can."""
+    n = getattr(assignment, "n_session_cases", None)
+    return assignment.position, assignment.session.assignments.count() if n is None else n
 
 
 # --- the case page -----------------------------------------------------------------------------
@@ -252,7 +277,8 @@ def _scrub(config: dict) -> dict:
     return config
 
 
-def case_viewer_config(reader: StudyReader, case: StudyCase, arm: str) -> dict | None:
+def case_viewer_config(reader: StudyReader, case: StudyCase, arm: str, *,
+                       prediction: Prediction | None = None) -> dict | None:
     """The viewer configuration of a case for this reader and arm, with signed image URLs.
 
     Uses ``apps.quantification.viewer.exam_viewer_config`` when it exists (crosshair on the lesion,
@@ -265,7 +291,10 @@ def case_viewer_config(reader: StudyReader, case: StudyCase, arm: str) -> dict |
     except ImportError:
         exam_viewer_config = None
     if exam_viewer_config is not None:
-        prediction = ai_prediction(reader.study, case) if arm == Arm.AIDED else None
+        if arm != Arm.AIDED:
+            prediction = None
+        elif prediction is None or prediction.exam_id != case.exam_id:
+            prediction = ai_prediction(reader.study, case)
         heatmap = url_for("heatmap") if prediction and (prediction.explanation or {}).get("heatmap") else None
         config = exam_viewer_config(exam, url_for=url_for, heatmap_url=heatmap)
     if config is None:
@@ -304,18 +333,22 @@ _QUANT_FIELDS = {"suv_max", "suv_mean", "tbr_max", "tbr_mean", "ts_max", "ts_mea
                  "slope_suv_per_h"}
 
 
-def ai_panel(reader: StudyReader, case: StudyCase, arm: str) -> dict | None:
+def ai_panel(reader: StudyReader, case: StudyCase, arm: str, *, assignment: Assignment | None = None,
+             prediction: Prediction | None = None) -> dict | None:
     """What the aided arm shows: probability, decision, explanation, intended use and warnings.
 
     None in the unaided arm, and None whenever blinding forbids the arm now (belt and braces: the
-    views check :func:`reader_study.services.arm_refusal` first)."""
+    views check :func:`reader_study.services.arm_refusal` first). ``assignment`` and ``prediction``:
+    the ones the caller already loaded for this reader and case (looked up when not given)."""
     if arm != Arm.AIDED:
         return None
-    assignment = assignment_for(reader, case.code, arm)
+    if assignment is None or assignment.case_id != case.pk or assignment.session.reader_id != reader.pk:
+        assignment = assignment_for(reader, case.code, arm)
     if arm_refusal(assignment=assignment, arm=arm):
         return None
     study = reader.study
-    prediction = ai_prediction(study, case)
+    if prediction is None or prediction.exam_id != case.exam_id or prediction.model_version_id != study.model_version_id:
+        prediction = ai_prediction(study, case)
     if prediction is None:
         return None
     mv = study.model_version

@@ -25,6 +25,7 @@ from datetime import timedelta
 import numpy as np
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
+from django.db.models import Count, OuterRef, Subquery
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -387,13 +388,17 @@ def study_close(*, study: Study, user, request=None) -> Study:
 
 # --- reading ------------------------------------------------------------------------------------
 
-def session_state(session: ReadingSession, *, now=None) -> str:
-    """``completed``, ``waiting`` (session 1 not completed), ``washout`` (before opens_at) or ``open``."""
+def session_state(session: ReadingSession, *, now=None, sessions: Iterable[ReadingSession] | None = None) -> str:
+    """``completed``, ``waiting`` (session 1 not completed), ``washout`` (before opens_at) or ``open``.
+
+    ``sessions``: the reader's sessions when the caller holds them (read at the same time as ``session``),
+    else ``session.reader.sessions``."""
     now = now or timezone.now()
     if session.completed_at is not None:
         return "completed"
     if session.number > 1:
-        previous = next((s for s in session.reader.sessions.all() if s.number == session.number - 1), None)
+        siblings = session.reader.sessions.all() if sessions is None else sessions
+        previous = next((s for s in siblings if s.number == session.number - 1), None)
         if previous is not None and previous.completed_at is None:
             return "waiting"
     if session.opens_at is not None and now < session.opens_at:
@@ -441,12 +446,16 @@ def reading_open(*, assignment: Assignment, arm: str, user, request=None) -> Rea
     reader, case = assignment.session.reader, assignment.case
     now = timezone.now()
     created = False
-    try:
-        with transaction.atomic():
-            reading, created = Reading.objects.get_or_create(
-                reader=reader, case=case, arm=arm, defaults={"assignment": assignment, "opened_at": now})
-    except IntegrityError:  # two tabs opening at once: the other created it
-        reading = Reading.objects.get(reader=reader, case=case, arm=arm)
+    reading = Reading.objects.filter(reader=reader, case=case, arm=arm).first()
+    if reading is None:
+        try:
+            with transaction.atomic():
+                reading = Reading.objects.create(reader=reader, case=case, arm=arm, assignment=assignment,
+                                                 opened_at=now)
+                created = True
+        except IntegrityError:  # two tabs opening at once: the other created it (unique reader/case/arm)
+            reading = Reading.objects.get(reader=reader, case=case, arm=arm)
+    reading.reader, reading.case = reader, case  # the rows it was looked up by: no refetch for the audit
     if created:
         ReadingSession.objects.filter(pk=assignment.session_id, started_at__isnull=True).update(started_at=now)
     audit_record(action="reading.open", actor=user, target=reading, site=case.exam.patient.site_id,
@@ -524,9 +533,14 @@ def reading_submit(*, reading: Reading, answer: dict, user, active_seconds=None,
     study = reading.reader.study
     fields = _answer_fields(reading, study, answer)
     with transaction.atomic():
-        session = ReadingSession.objects.select_for_update().get(pk=reading.assignment.session_id)
-        study = Study.objects.get(pk=study.pk)
-        if study.status != StudyStatus.OPEN:
+        session = (ReadingSession.objects.select_for_update()
+                   .annotate(n_assignments=Subquery(Assignment.objects.filter(session_id=OuterRef("pk")).order_by()
+                                                    .values("session_id").annotate(n=Count("pk")).values("n")[:1]))
+                   .get(pk=reading.assignment.session_id))
+        if session.reader_id == reading.reader_id:
+            session.reader = reading.reader
+        # read under the lock: the study may have closed since the objects were loaded
+        if Study.objects.filter(pk=study.pk).values_list("status", flat=True).first() != StudyStatus.OPEN:
             raise ReadingLocked("the study is not open")
         now = timezone.now()
         fields["active_seconds"] = clamp_active_seconds(
@@ -535,7 +549,9 @@ def reading_submit(*, reading: Reading, answer: dict, user, active_seconds=None,
         if not stored:
             raise ReadingLocked("this case was already answered; answers are locked once submitted")
         _session_complete_if_done(session, now)
-        reading.refresh_from_db()
+        for name, value in fields.items():  # exactly what the conditional update stored
+            setattr(reading, name, value)
+        reading.submitted_at = now
         audit_record(action="reading.submit", actor=user, target=reading, site=reading.case.exam.patient.site_id,
                      details={"study": study.slug, "case": reading.case.code, "arm": reading.arm,
                               "decision": reading.decision, "confidence": reading.confidence,
@@ -547,7 +563,9 @@ def reading_submit(*, reading: Reading, answer: dict, user, active_seconds=None,
 
 
 def session_required_readings(session: ReadingSession) -> int:
-    n = session.assignments.count()
+    n = getattr(session, "n_assignments", None)
+    if n is None:
+        n = session.assignments.count()
     return n if session.arm else 2 * n
 
 
