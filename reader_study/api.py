@@ -115,7 +115,7 @@ class ReadingCaseAPI(_ReaderAPI):
         reader, assignment = self._assignment(request, slug, code, arm)
         serializer = AnswerSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        reading = Reading.objects.filter(reader=reader, case=assignment.case, arm=arm).first()
+        reading = Reading.objects.filter(reader=reader, case=assignment.case, arm=arm).order_by("pk").first()
         if reading is None:
             return _error("not_opened", "open the case (GET) before answering it", status.HTTP_409_CONFLICT)
         reading.reader, reading.case = reader, assignment.case  # the rows it was looked up by

@@ -99,7 +99,7 @@ def study_reader_for(user, slug: str) -> StudyReader:
     """The user's StudyReader in the study ``slug``; 404 when they are not a reader of it (or a draft)."""
     reader = (StudyReader.objects.select_related("study", "study__model_version")
               .prefetch_related("sessions").filter(study__slug=slug, user=user)
-              .exclude(study__status=StudyStatus.DRAFT).first())
+              .exclude(study__status=StudyStatus.DRAFT).order_by("pk").first())
     if reader is None:
         raise Http404("no such study")
     return reader
@@ -113,7 +113,7 @@ def assignment_for(reader: StudyReader, case_code: str, arm: str) -> Assignment:
           .filter(session__reader=reader, case__code=case_code).annotate(n_session_cases=_session_size()))
     if reader.study.design == Design.CROSSOVER:
         qs = qs.filter(session__arm=arm)
-    assignment = qs.first()
+    assignment = qs.order_by("session__number", "position").first()  # not Meta.ordering: joins up to the study
     if assignment is None:
         raise Http404("no such case")
     assignment.session.reader = reader  # the reader already loaded (study, sessions): no second fetch

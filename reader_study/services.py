@@ -417,7 +417,7 @@ def arm_refusal(*, assignment: Assignment, arm: str, now=None) -> str | None:
     study = session.reader.study
     if arm not in Arm.values:
         return "unknown arm"
-    if Study.objects.filter(pk=study.pk).values_list("status", flat=True).first() != StudyStatus.OPEN:
+    if Study.objects.filter(pk=study.pk).order_by().values_list("status", flat=True).first() != StudyStatus.OPEN:
         return "the study is not open"  # read now: the study may have closed since the objects were loaded
     state = session_state(session, now=now)
     if state == "washout":
@@ -446,7 +446,7 @@ def reading_open(*, assignment: Assignment, arm: str, user, request=None) -> Rea
     reader, case = assignment.session.reader, assignment.case
     now = timezone.now()
     created = False
-    reading = Reading.objects.filter(reader=reader, case=case, arm=arm).first()
+    reading = Reading.objects.filter(reader=reader, case=case, arm=arm).order_by("pk").first()
     if reading is None:
         try:
             with transaction.atomic():
@@ -540,7 +540,7 @@ def reading_submit(*, reading: Reading, answer: dict, user, active_seconds=None,
         if session.reader_id == reading.reader_id:
             session.reader = reading.reader
         # read under the lock: the study may have closed since the objects were loaded
-        if Study.objects.filter(pk=study.pk).values_list("status", flat=True).first() != StudyStatus.OPEN:
+        if Study.objects.filter(pk=study.pk).order_by().values_list("status", flat=True).first() != StudyStatus.OPEN:
             raise ReadingLocked("the study is not open")
         now = timezone.now()
         fields["active_seconds"] = clamp_active_seconds(
