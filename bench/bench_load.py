@@ -23,13 +23,13 @@ import secrets
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _loopback import ROOT, database, free_port, percentile, run  # noqa: E402
+
 PY = sys.executable
 
 SETUP = r"""
@@ -82,32 +82,12 @@ print("BENCH" + json.dumps(out))
 """
 
 
-def _run(args: list[str], env: dict, what: str) -> str:
-    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"{what} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return proc.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _database(admin_url: str, name: str, *, create: bool) -> None:
-    import psycopg
-
-    if not name.startswith("aminopet_bench"):
-        sys.exit("refusing to drop a database whose name does not start with aminopet_bench")
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        if create:
-            conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def _percentile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
 
 
 async def _load(base: str, users: list[dict], duration: float, warmup: float) -> dict[str, dict]:
@@ -151,9 +131,9 @@ async def _load(base: str, users: list[dict], duration: float, warmup: float) ->
     out = {}
     for name, lat in results.items():
         out[name] = {"n": len(lat), "errors": errors[name], "rps": len(lat) / elapsed,
-                     "p50": _percentile(lat, 50) if lat else float("nan"),
-                     "p95": _percentile(lat, 95) if lat else float("nan"),
-                     "p99": _percentile(lat, 99) if lat else float("nan"),
+                     "p50": percentile(lat, 50) if lat else float("nan"),
+                     "p95": percentile(lat, 95) if lat else float("nan"),
+                     "p99": percentile(lat, 99) if lat else float("nan"),
                      "sample_error": samples.get(name, "")}
     return out
 
@@ -195,23 +175,23 @@ def main() -> None:
     try:
         t0 = time.monotonic()
         if not ready.exists():
-            _database(args.database_admin_url, args.database, create=True)
-        _run([PY, "manage.py", "migrate", "--noinput", "-v0"], env, "migrate")
-        _run([PY, "manage.py", "collectstatic", "--noinput", "-v0"], env, "collectstatic")
+            database(args.database_admin_url, args.database, create=True)
+        run([PY, "manage.py", "migrate", "--noinput", "-v0"], env, "migrate")
+        run([PY, "manage.py", "collectstatic", "--noinput", "-v0"], env, "collectstatic")
         if not ready.exists():
-            _run([PY, "manage.py", "generate_cohort", "--out", str(tmp / "bids"), "--patients",
+            run([PY, "manage.py", "generate_cohort", "--out", str(tmp / "bids"), "--patients",
                   str(args.patients), "--sites", "2", "--seed", "3"], env, "generate_cohort")
-            _run([PY, "manage.py", "import_bids", str(tmp / "bids"), "--quiet"], env, "import_bids")
+            run([PY, "manage.py", "import_bids", str(tmp / "bids"), "--quiet"], env, "import_bids")
             ready.touch()
-        setup = _run([PY, "manage.py", "shell", "--no-imports", "-c", SETUP], env, "users")
+        setup = run([PY, "manage.py", "shell", "--no-imports", "-c", SETUP], env, "users")
         users = json.loads(setup.split("BENCH", 1)[1])
         print(f"setup: {args.patients} patients, {len(users)} users, {time.monotonic() - t0:.0f} s")
-        profile = json.loads(_run([PY, "manage.py", "shell", "--no-imports", "-c", PROFILE],
+        profile = json.loads(run([PY, "manage.py", "shell", "--no-imports", "-c", PROFILE],
                                   env | {"BENCH_PROFILE_USER": json.dumps(users[0])}, "profile").split("BENCH", 1)[1])
         for name, f in profile.items():
             print(f"{name}: HTTP {f['status']}, {f['queries']} SQL queries, {f['ms']:.0f} ms alone (one request, in-process)")
 
-        port = _free_port()
+        port = free_port()
         gunicorn = subprocess.Popen(
             [str(Path(PY).parent / "gunicorn"), "config.wsgi:application", "--bind", f"127.0.0.1:{port}",
              "--workers", str(args.workers), "--threads", str(args.threads), "--access-logfile", "-" if os.environ.get("BENCH_ACCESS_LOG") else "/dev/null",
@@ -253,7 +233,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 os.killpg(gunicorn.pid, signal.SIGKILL)
         if args.drop:
-            _database(args.database_admin_url, args.database, create=False)
+            database(args.database_admin_url, args.database, create=False)
             shutil.rmtree(tmp, ignore_errors=True)
 
 

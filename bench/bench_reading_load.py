@@ -32,16 +32,15 @@ import secrets
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _loopback import DB_PREFIX, ROOT, database, free_port, percentile, run  # noqa: E402
+
 PY = sys.executable
-DB_PREFIX = "aminopet_bench"
 
 SETUP = r"""
 import json, os
@@ -70,28 +69,10 @@ print("BENCH" + json.dumps({"submitted": rows.filter(submitted_at__isnull=False)
 ENDPOINTS = ("login", "worklist", "open case", "submit answer")
 
 
-def _run(args: list[str], env: dict, what: str) -> str:
-    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"{what} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return proc.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _database(admin_url: str, name: str, *, create: bool) -> None:
-    import psycopg
-
-    if not name.startswith(DB_PREFIX):
-        sys.exit(f"refusing to drop a database whose name does not start with {DB_PREFIX}")
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        if create:
-            conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def _cpu_seconds(master_pid: int) -> float:
@@ -114,10 +95,6 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _percentile(values: list[float], q: int) -> float:
-    if not values:
-        return float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
 class Reader:
@@ -241,8 +218,8 @@ async def _load(base: str, slug: str, usernames: list[str], password: str, *, du
         values = lat[name]
         figures[name] = {"n": len(values), "errors": errors[name],
                          "rps": len(values) / (login_s if name in ("login", "worklist") else elapsed) if values else 0.0,
-                         "p50": _percentile(values, 50), "p95": _percentile(values, 95),
-                         "p99": _percentile(values, 99), "sample_error": samples.get(name, "")}
+                         "p50": percentile(values, 50), "p95": percentile(values, 95),
+                         "p99": percentile(values, 99), "sample_error": samples.get(name, "")}
     return {"endpoints": figures, "elapsed": elapsed, "login_s": login_s, "created": created,
             "finished": sum(r.finished for r in readers), "logged_in": sum("sessionid" in r.cookies for r in readers)}
 
@@ -283,17 +260,17 @@ def main() -> None:
     gunicorn = None
     try:
         t0 = time.monotonic()
-        _database(args.database_admin_url, args.database, create=True)
-        _run([PY, "manage.py", "migrate", "--noinput", "-v0"], env, "migrate")
-        _run([PY, "manage.py", "collectstatic", "--noinput", "-v0"], env, "collectstatic")
-        setup = _run([PY, "manage.py", "shell", "--no-imports", "-c", SETUP],
+        database(args.database_admin_url, args.database, create=True)
+        run([PY, "manage.py", "migrate", "--noinput", "-v0"], env, "migrate")
+        run([PY, "manage.py", "collectstatic", "--noinput", "-v0"], env, "collectstatic")
+        setup = run([PY, "manage.py", "shell", "--no-imports", "-c", SETUP],
                      env | {"BENCH_READERS": str(args.readers), "BENCH_CASES": str(args.cases),
                             "BENCH_PASSWORD": password}, "study setup")
         info = json.loads(setup.split("BENCH", 1)[1])
         print(f"setup: study {info['slug']}, {args.readers} readers x {args.cases} cases (sequential: "
               f"{2 * args.readers * args.cases} readings to do), {time.monotonic() - t0:.0f} s")
 
-        port = _free_port()
+        port = free_port()
         worker_args = ["--workers", str(args.workers)]
         if args.threads > 1:
             worker_args += ["--threads", str(args.threads), "--worker-class", "gthread"]
@@ -321,7 +298,7 @@ def main() -> None:
 
         figures = asyncio.run(_load(base, info["slug"], info["users"], password, duration=args.duration,
                                     think=args.think, seed=args.seed, on_window=mark_window))
-        check = json.loads(_run([PY, "manage.py", "shell", "--no-imports", "-c", CHECK], env, "check")
+        check = json.loads(run([PY, "manage.py", "shell", "--no-imports", "-c", CHECK], env, "check")
                            .split("BENCH", 1)[1])
         mode = f"think {args.think:g} s" if args.think else "no think time (saturation)"
         print(f"\n{args.readers} readers, {args.duration:.0f} s, {mode}; gunicorn {args.workers} workers"
@@ -360,7 +337,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 os.killpg(gunicorn.pid, signal.SIGKILL)
         try:
-            _database(args.database_admin_url, args.database, create=False)
+            database(args.database_admin_url, args.database, create=False)
         except Exception as exc:  # the figures are printed; say what was left behind
             print(f"could not drop database {args.database}: {exc}", file=sys.stderr)
         shutil.rmtree(tmp, ignore_errors=True)
