@@ -176,7 +176,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(VAR_DIR / "static")))
+# A test process never reads a demo's collected files (their manifest names hashed files the test
+# server's finders do not know): its STATIC_ROOT stays empty and {% static %} gives plain names.
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(VAR_DIR / ("test_static" if "pytest" in sys.modules else "static"))))
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 # The viewer bundle built by `npm run build` in frontend/ (NiiVue from the npm registry).
 STATICFILES_DIRS = [BASE_DIR / "static", BASE_DIR / "frontend" / "dist"]
