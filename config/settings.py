@@ -241,8 +241,13 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TASK_EAGER_PROPAGATES = True
-CELERY_TASK_ROUTES = {"apps.registry.tasks.train_*": {
-    "queue": env.str("AMINOPET_GPU_QUEUE", default=CELERY_TASK_DEFAULT_QUEUE)}}
+# Training jobs go to the GPU workers' queue: set AMINOPET_GPU_QUEUE=gpu where a worker runs
+# `celery -A config worker -Q gpu` (docs/deploy.md); by default they stay on the default queue.
+AMINOPET_GPU_QUEUE = env.str("AMINOPET_GPU_QUEUE", default=CELERY_TASK_DEFAULT_QUEUE)
+CELERY_TASK_ROUTES = {"apps.registry.tasks.train_*": {"queue": AMINOPET_GPU_QUEUE}}
+# Job kinds (apps.jobs) queued on AMINOPET_GPU_QUEUE instead of the default queue.
+AMINOPET_GPU_JOB_KINDS = env.list("AMINOPET_GPU_JOB_KINDS",
+                                  default=["pretrain", "encode_exams", "train_classifier"])
 
 # Jobs (apps.jobs): a running job's worker refreshes its heartbeat every AMINOPET_JOB_HEARTBEAT_SECONDS;
 # one silent for AMINOPET_JOB_LEASE_SECONDS belongs to a lost worker and is requeued (while it has

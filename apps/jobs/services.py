@@ -224,19 +224,33 @@ def job_create(*, kind: str, params: dict | None = None, user=None, site=None) -
     return Job.objects.create(kind=kind, params=params or {}, created_by=user, site=site)
 
 
-def job_submit(*, kind: str, params: dict | None = None, user=None, site=None) -> Job:
-    """Create a job and queue it on a Celery worker once the current transaction commits."""
+def job_queue(kind: str) -> str:
+    """The Celery queue a job of ``kind`` goes to: ``AMINOPET_GPU_QUEUE`` for the kinds listed in
+    ``AMINOPET_GPU_JOB_KINDS`` (training, encoding), the default queue for the rest."""
+    if kind in settings.AMINOPET_GPU_JOB_KINDS:
+        return settings.AMINOPET_GPU_QUEUE
+    return settings.CELERY_TASK_DEFAULT_QUEUE
+
+
+def _enqueue(job_pk: int, kind: str) -> None:
     from apps.jobs.tasks import run_job
 
+    queue = job_queue(kind)
+    if queue == settings.CELERY_TASK_DEFAULT_QUEUE:
+        run_job.delay(job_pk=job_pk)
+    else:
+        run_job.apply_async(kwargs={"job_pk": job_pk}, queue=queue)
+
+
+def job_submit(*, kind: str, params: dict | None = None, user=None, site=None) -> Job:
+    """Create a job and queue it (:func:`job_queue`) once the current transaction commits."""
     job = job_create(kind=kind, params=params, user=user, site=site)
-    transaction.on_commit(lambda: run_job.delay(job_pk=job.pk))
+    transaction.on_commit(lambda: _enqueue(job.pk, job.kind))
     return job
 
 
 def job_retry(*, job: Job) -> Job:
     """Queue a failed job, or one whose worker was lost, again (handlers are idempotent)."""
-    from apps.jobs.tasks import run_job
-
     with transaction.atomic():
         if job_is_stale(job):
             # Not yet reaped: take it from the lost worker here (same conditions as the reaper).
@@ -255,7 +269,7 @@ def job_retry(*, job: Job) -> Job:
                 f"job {job.pk} is {job.status}; only failed jobs and jobs whose worker was lost "
                 "can be retried"
             )
-        transaction.on_commit(lambda: run_job.delay(job_pk=job.pk))
+        transaction.on_commit(lambda: _enqueue(job.pk, job.kind))
     job_scratch_remove(job_pk=job.pk)
     job.refresh_from_db()
     return job
@@ -331,8 +345,6 @@ def job_reap_stale(*, older_than: timedelta | None = None) -> list[Job]:
     conditional UPDATE, so two reapers (two workers starting) act on a job once. Returns the jobs
     reaped, as they were before.
     """
-    from apps.jobs.tasks import run_job
-
     lease = older_than if older_than is not None else _lease()
     now = timezone.now()
     cutoff = now - lease
@@ -353,7 +365,7 @@ def job_reap_stale(*, older_than: timedelta | None = None) -> list[Job]:
                 log=Concat(F("log"), Value(f"{reason}\n")), **fields
             )
             if changed and fields["status"] == JobStatus.QUEUED:
-                transaction.on_commit(lambda pk=job.pk: run_job.delay(job_pk=pk))
+                transaction.on_commit(lambda pk=job.pk, kind=job.kind: _enqueue(pk, kind))
         if changed:
             logger.warning("job %s (%s): %s", job.pk, job.kind, fields["message"])
             job_scratch_remove(job_pk=job.pk)
