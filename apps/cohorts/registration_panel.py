@@ -3,6 +3,7 @@ volumes and the coordinator's QC form on them (a failed registration is a failed
 from __future__ import annotations
 
 from apps.cohorts.models import Volume
+from apps.cohorts.services.prepare import registration_refusal
 
 MRI_NAMES = {"t1c": "T1c", "t1": "T1", "flair": "FLAIR", "t2": "T2"}
 CAPTIONS = {
@@ -27,4 +28,5 @@ def registration_panel(exam, user) -> dict | None:
     figures = [(label, similarity[key]) for key, label in (("mri_template", f"{MRI_NAMES.get(reference, 'MRI')} vs MNI152 template"),
                                                           ("pet_mri", "PET vs MRI")) if key in similarity]
     return {"template": "cohorts/_registration_panel.html", "registration": reg, "figures": figures,
-            "shown": shown, "failed": any(v.qc_status == "fail" for v, _ in shown)}
+            "shown": shown, "failed": any(v.qc_status == "fail" for v, _ in shown),
+            "refusal": registration_refusal(exam)}

@@ -10,14 +10,15 @@ import pandas as pd
 from django.db import transaction
 
 from apps.cohorts.models import Exam, Mask, Volume
+from apps.cohorts.services.prepare import registration_refusal
 from apps.cohorts.services.store import StoreTransaction, media_path
 from apps.quantification.models import ExamQuantification, RadiomicsFeatures
-from ml.io.grid import Grid, resample_to_grid
+from ml.io.grid import Grid, common_grid, resample_to_grid
 from ml.io.nifti import load_nifti, nifti_bytes
 from ml.quant import ROW_COLUMNS, QuantConfig, quantify_exam
 from ml.quant.auto_voi import AutoVoiConfig, AutoVois, auto_vois
 from ml.radiomics.table import SEPARATOR, exam_features
-from ml.registration import Transform, register_exam
+from ml.registration import Transform, register_exam, registration_similarity, resample
 
 FEATURE_SETS = ("parameters", "radiomics", "all")
 #: The CSV of ``manage.py quantify``: ids, then exactly the parameter columns of ml.quant.
@@ -27,6 +28,10 @@ PET_GRIDS = ("pet_static", "pet_dynamic")
 
 class QuantificationError(ValueError):
     """An exam that cannot be quantified (named, with the reason)."""
+
+
+class RegistrationRefused(QuantificationError):
+    """Quantification needs the exam's registration, which is marked failed or flagged poor."""
 
 
 def _suv_array(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
@@ -84,17 +89,52 @@ def lesion_position_mm(suv: np.ndarray, tumor: np.ndarray, affine: np.ndarray) -
 
 def _pet_from_template(exam: Exam, static: Volume) -> Transform:
     """The exam's registration (template -> native PET), as stored by preparation, or computed now
-    (the same deterministic registration) when preparation has not run yet."""
+    (the same deterministic registration) when preparation has not run yet.
+
+    Raises:
+        QuantificationError: the registration is marked failed, or flagged poor and not passed by a
+            coordinator (:func:`apps.cohorts.services.prepare.registration_refusal`); or, computed
+            now, its similarity is poor; or there is no MRI to register to.
+    """
+    refusal = registration_refusal(exam)
+    if refusal is not None:
+        raise RegistrationRefused(f"exam {exam}: automatic VOIs need the registration, but {refusal}")
     common = exam.volumes.filter(kind="pet_static", space="common").first()
     stored = (common.metadata or {}).get("registration", {}).get("transform") if common else None
     if stored:
         return Transform.from_dict(stored)
-    mri = next((v for k in ("t1c", "t1", "flair", "t2")
-                for v in exam.volumes.filter(kind=k, space="native")), None)
-    if mri is None:
+    mri_vol = next((v for k in ("t1c", "t1", "flair", "t2")
+                    for v in exam.volumes.filter(kind=k, space="native")), None)
+    if mri_vol is None:
         raise QuantificationError(f"exam {exam}: no masks and no MRI to register the PET to the template")
-    reg = register_exam(mri=load_nifti(media_path(mri.file.name)), pet=load_nifti(media_path(static.file.name)))
+    mri, pet = load_nifti(media_path(mri_vol.file.name)), load_nifti(media_path(static.file.name))
+    reg = register_exam(mri=mri, pet=pet)
+    grid = common_grid()
+    similarity = registration_similarity(mri=resample(mri, reg.mri_from_template, grid),
+                                         pet=resample(pet, reg.pet_from_template, grid))
+    if similarity["poor"]:
+        figures = "; ".join(f"{k} NMI {v['nmi']:.3f} < {v['threshold']}" for k, v in similarity.items()
+                            if isinstance(v, dict) and v["poor"])
+        raise RegistrationRefused(f"exam {exam}: automatic VOIs need the registration, but it is poor ({figures}); "
+                                  "prepare the exam and review its registration on the exam page")
     return reg.pet_from_template
+
+
+def registration_refusals(exam_ids: Iterable[int]) -> dict[int, str]:
+    """The exams whose stored quantification used their registration (an automatic tumour or
+    striatum) while that registration is now refused (:func:`registration_refusal`): ``{pk:
+    reason}``. Predictions refuse these exams until they are re-registered or their registration
+    QC passes and they are quantified again."""
+    out: dict[int, str] = {}
+    quants = ExamQuantification.objects.filter(exam_id__in=list(exam_ids)).select_related("exam__patient__site")
+    for q in quants:
+        sources = q.voi_sources or {}
+        if "automatic" not in (sources.get("tumor"), sources.get("striatum")):
+            continue  # supplied masks on the native PET grid: the registration was not used
+        refusal = registration_refusal(q.exam)
+        if refusal is not None:
+            out[q.exam_id] = f"exam {q.exam}: its quantification used automatic VOIs, but {refusal}"
+    return out
 
 
 def _auto_vois(exam: Exam, static: Volume, suv, affine, *, tumor, striatum, background,
@@ -106,6 +146,8 @@ def _auto_vois(exam: Exam, static: Volume, suv, affine, *, tumor, striatum, back
     """
     try:
         transform = _pet_from_template(exam, static)
+    except RegistrationRefused:
+        raise
     except (QuantificationError, ValueError):
         if tumor is not None:
             return None

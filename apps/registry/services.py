@@ -15,7 +15,7 @@ from apps.audit.services import audit_record
 from apps.cohorts.models import Cohort, Exam, Volume
 from apps.cohorts.services.store import StoreTransaction, media_path
 from apps.quantification.models import ExamQuantification
-from apps.quantification.services import feature_table
+from apps.quantification.services import feature_table, registration_refusals
 from apps.registry.models import ModelVersion, Prediction
 from ml.classical import (
     TrainedModel,
@@ -173,7 +173,13 @@ def predictions_make(*, model_version: ModelVersion, cohort: str | None = None, 
     (:data:`TASK_TIMEPOINTS`). Each prediction stores ``warnings``: where the exam lies outside
     the model's development data (:func:`ml.classical.domain.domain_warnings`). A prediction that
     already exists and comes out different (new quantification) is updated and the change, old
-    and new probability, is recorded in the audit trail: never silently changed.
+    and new probability, is recorded in the audit trail: never silently changed. Exams whose
+    quantification used a registration now marked failed or flagged poor are refused
+    (:func:`apps.quantification.services.registration_refusals`), with their reasons in the audit
+    record; an earlier prediction of such an exam is withdrawn there.
+
+    Raises:
+        TrainingError: no quantified exam of the time point, or every one of them refused.
     """
     report = progress or (lambda pct, msg="": None)
     exams, where = _cohort_exams(cohort, site)
@@ -182,6 +188,12 @@ def predictions_make(*, model_version: ModelVersion, cohort: str | None = None, 
     table = feature_table(exams.filter(timepoint=timepoint), features=features_set)
     if table.empty:
         raise TrainingError(f"{where} has no quantified {timepoint} exam")
+    # an exam whose automatic VOIs came from a registration marked failed (or flagged poor, not
+    # passed) is refused; its earlier prediction is withdrawn (audited), so no reader study shows it
+    refused = registration_refusals(table.index)
+    table = table.drop(index=list(refused))
+    if table.empty:
+        raise TrainingError(f"{where}: every quantified {timepoint} exam is refused: " + "; ".join(refused.values()))
     context = exam_context(list(table.index))
     description = model_version.config.get("development")
     model = TrainedModel.load(media_path(model_version.artifact.name))
@@ -207,9 +219,13 @@ def predictions_make(*, model_version: ModelVersion, cohort: str | None = None, 
                           "explanation": {k: d[k] for k in ("base_value", "output", "contributions")},
                           "warnings": warnings},
             )
+        withdrawn = [{"exam": pr.exam_id, "before": pr.probability, "reason": refused[pr.exam_id]}
+                     for pr in Prediction.objects.filter(model_version=model_version, exam_id__in=list(refused))]
+        Prediction.objects.filter(model_version=model_version, exam_id__in=list(refused)).delete()
         audit_record(action="predictions.make", actor=user, target=model_version,
                      details={"cohort": cohort, "site": site, "timepoint": timepoint, "n": len(predictions),
-                              "created": created, "changed": changed})
+                              "created": created, "changed": changed, "withdrawn": withdrawn,
+                              "refused": {str(pk): reason for pk, reason in refused.items()}})
     return len(predictions)
 
 

@@ -13,6 +13,12 @@ information, MRI vs template and PET vs MRI) with their thresholds and the ``poo
 common MRI's thumbnail shows its edges on the template and the common PET's thumbnail the PET on
 the registered MRI; a coordinator who finds a registration wrong sets the common volume's QC to
 ``fail`` (``volume_qc_set``, audited).
+
+A registration marked failed, or flagged poor and not yet passed by a coordinator, must not be
+used: :func:`registration_refusal` says why, and whatever needs the registration (automatic VOIs
+in quantification, the predictions made from them) refuses the exam with that reason. A new
+registration (a different transform) resets the QC of the registered volumes to ``pending``,
+audited, since the coordinator's verdict was about the old one.
 """
 from __future__ import annotations
 
@@ -23,7 +29,8 @@ from pathlib import Path
 import numpy as np
 from django.db import transaction
 
-from apps.cohorts.models import Exam, Mask, Volume
+from apps.audit.services import audit_record
+from apps.cohorts.models import Exam, Mask, QcStatus, Volume
 from apps.cohorts.services.store import StoreTransaction, media_path
 from ml.io.grid import common_grid, grid_nifti_bytes
 from ml.io.nifti import NiftiVolume, load_nifti
@@ -45,6 +52,54 @@ def _suv(volume: Volume, array: np.ndarray) -> np.ndarray:
     if volume.units == "Bq/mL":
         return array * float(volume.suv_factor)
     return array
+
+
+def _registration_verdict_volumes(commons: dict[str, Volume]) -> tuple[str, list[tuple[str, Volume]]]:
+    """The registered volumes whose QC is the verdict on the registration: the reference MRI (MRI
+    to template) and the static PET (PET to MRI), with the similarity pair each one answers for."""
+    reg = next(iter(commons.values())).metadata["registration"]
+    reference = reg.get("reference") or ""
+    judged = [(pair, commons[kind]) for pair, kind in (("mri_template", reference), ("pet_mri", "pet_static"))
+              if kind in commons]
+    return reference, judged
+
+
+def registration_refusal(exam: Exam) -> str | None:
+    """Why the exam's registration must not be used now, or None when it may.
+
+    Refused when a coordinator set the QC of the registered reference MRI or of the registered
+    static PET to ``fail`` (the registration panel's form), or when the similarity QC flagged it
+    ``poor`` and no coordinator has passed it (QC ``pass`` on the volume of each poor pair; with
+    no MRI, on the static PET). None as well for an exam not prepared yet: there is no verdict to
+    read (quantification then registers the exam itself and checks the similarity).
+    """
+    commons = {v.kind: v for v in exam.volumes.filter(space="common").select_related("qc_by")
+               if (v.metadata or {}).get("registration")}
+    if not commons:
+        return None
+    reference, judged = _registration_verdict_volumes(commons)
+    for _, vol in judged:
+        if vol.qc_status == QcStatus.FAIL:
+            who = f" by {vol.qc_by.get_username()}" if vol.qc_by else ""
+            note = f" ({vol.qc_note})" if vol.qc_note else ""
+            return (f"its registration was marked failed{who} on the registered {vol.get_kind_display()}{note}; "
+                    "re-register it or set that QC to pass")
+    reg = next(iter(commons.values())).metadata["registration"]
+    if not reg.get("poor"):
+        return None
+    similarity = reg.get("similarity", {})
+    open_flags = []
+    for pair, vol in judged:
+        fig = similarity.get(pair)
+        if fig and fig.get("poor") and vol.qc_status != QcStatus.PASS:
+            open_flags.append(f"{'MRI vs template' if pair == 'mri_template' else 'PET vs MRI'} "
+                              f"NMI {fig['nmi']:.3f} < {fig['threshold']}")
+    if not reference and commons.get("pet_static") and commons["pet_static"].qc_status != QcStatus.PASS:
+        open_flags.append("no MRI: the PET is assumed in template space")
+    if not open_flags:
+        return None
+    return (f"its registration is flagged poor ({'; '.join(open_flags)}) and no coordinator has passed it; "
+            "review it on the exam page (registration QC pass or fail)")
 
 
 def exam_prepare(*, exam: Exam, progress: Callable[[float, str], None] | None = None) -> dict:
@@ -132,12 +187,21 @@ def exam_prepare(*, exam: Exam, progress: Callable[[float, str], None] | None = 
             mask_rows.append((mask, name, sha, n))
         report(90, "Saving")
         with transaction.atomic():
+            previous = {v.kind: v for v in Volume.objects.select_for_update().filter(exam=exam, space="common")}
             for vol in natives:
                 Volume.objects.filter(pk=vol.pk).update(thumbnail=thumbs[vol.kind])
-                Volume.objects.update_or_create(
-                    exam=exam, kind=vol.kind, space="common",
-                    defaults=common_rows[vol.kind] | {"thumbnail": common_thumbs[vol.kind]},
-                )
+                defaults = common_rows[vol.kind] | {"thumbnail": common_thumbs[vol.kind]}
+                old = previous.get(vol.kind)
+                old_transform = ((old.metadata or {}).get("registration") or {}).get("transform") if old else None
+                if old is not None and old.qc_status != QcStatus.PENDING and old_transform is not None \
+                        and old_transform != defaults["metadata"]["registration"]["transform"]:
+                    # the verdict was on the old registration: the new one needs its own review
+                    defaults |= {"qc_status": QcStatus.PENDING, "qc_note": "", "qc_by": None, "qc_at": None}
+                    audit_record(action="volume.qc", target=old, site=exam.patient.site_id,
+                                 details={"before": {"qc_status": old.qc_status, "qc_note": old.qc_note},
+                                          "after": {"qc_status": "pending", "qc_note": ""},
+                                          "reason": "re-registered: the transform changed"})
+                Volume.objects.update_or_create(exam=exam, kind=vol.kind, space="common", defaults=defaults)
             for mask, name, sha, n in mask_rows:
                 grid_vol = Volume.objects.get(exam=exam, kind=mask.grid.kind, space="common")
                 Mask.objects.update_or_create(
