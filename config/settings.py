@@ -256,6 +256,9 @@ AMINOPET_JOB_HEARTBEAT_SECONDS = env.float("AMINOPET_JOB_HEARTBEAT_SECONDS", def
 AMINOPET_JOB_LEASE_SECONDS = env.float("AMINOPET_JOB_LEASE_SECONDS", default=120.0)
 AMINOPET_JOB_MAX_ATTEMPTS = env.int("AMINOPET_JOB_MAX_ATTEMPTS", default=2)
 AMINOPET_JOB_REAP_SECONDS = env.float("AMINOPET_JOB_REAP_SECONDS", default=60.0)
+# A job still queued this long after its message was sent gets it sent again (a restarted Redis without
+# persistence loses queued messages; a duplicate delivery does nothing).
+AMINOPET_JOB_RESEND_SECONDS = env.float("AMINOPET_JOB_RESEND_SECONDS", default=900.0)
 if AMINOPET_JOB_LEASE_SECONDS < 3 * AMINOPET_JOB_HEARTBEAT_SECONDS:
     raise ImproperlyConfigured("AMINOPET_JOB_LEASE_SECONDS must be at least 3 heartbeats long")
 

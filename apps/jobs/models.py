@@ -39,6 +39,11 @@ class Job(models.Model):
     heartbeat_at = models.DateTimeField(
         null=True, blank=True, help_text="Last sign of life of the running attempt (its lease)"
     )
+    enqueued_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="When its message was last sent to the broker (resent when no worker took it: a restarted "
+                  "broker without persistence loses queued messages)",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -52,6 +57,7 @@ class Job(models.Model):
         indexes = [
             models.Index(fields=["status", "kind"]),
             models.Index(fields=["status", "heartbeat_at"], name="job_status_heartbeat"),
+            models.Index(fields=["status", "enqueued_at"], name="job_status_enqueued"),
         ]
 
     def __str__(self) -> str:

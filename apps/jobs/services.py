@@ -236,6 +236,7 @@ def _enqueue(job_pk: int, kind: str) -> None:
     from apps.jobs.tasks import run_job
 
     queue = job_queue(kind)
+    Job.objects.filter(pk=job_pk).update(enqueued_at=timezone.now())
     if queue == settings.CELERY_TASK_DEFAULT_QUEUE:
         run_job.delay(job_pk=job_pk)
     else:
@@ -372,6 +373,35 @@ def job_reap_stale(*, older_than: timedelta | None = None) -> list[Job]:
             reaped.append(job)
     _scratch_sweep(older_than=lease)
     return reaped
+
+
+def job_resend_lost_messages(*, older_than: timedelta | None = None) -> list[Job]:
+    """Send again the message of every job still QUEUED ``older_than`` after it was last sent.
+
+    A broker that keeps nothing on disk (Redis without persistence, as deployed) loses its queued
+    messages when it restarts; the rows stay QUEUED and nothing would ever run them. Sending a
+    message twice is harmless: :func:`job_run` claims a job once, so a duplicate delivery does
+    nothing. Each row changes in one conditional UPDATE (two workers' reapers send it once). A job
+    that merely waits behind long ones is resent too, once per ``older_than``. Returns the jobs resent.
+    """
+    wait = older_than if older_than is not None else timedelta(seconds=settings.AMINOPET_JOB_RESEND_SECONDS)
+    now = timezone.now()
+    cutoff = now - wait
+    waiting = Job.objects.filter(status=JobStatus.QUEUED).filter(
+        Q(enqueued_at__lt=cutoff) | Q(enqueued_at__isnull=True, created_at__lt=cutoff))
+    resent = []
+    for job in waiting.order_by("pk"):
+        line = (f"{now:%Y-%m-%d %H:%M:%S} UTC: still queued {int(wait.total_seconds() // 60)} min after its "
+                "message was sent; sent again (a restarted broker loses queued messages)\n")
+        with transaction.atomic():
+            changed = Job.objects.filter(pk=job.pk, status=JobStatus.QUEUED, enqueued_at=job.enqueued_at).update(
+                enqueued_at=now, log=Concat(F("log"), Value(line)))
+            if changed:
+                transaction.on_commit(lambda pk=job.pk, kind=job.kind: _enqueue(pk, kind))
+        if changed:
+            logger.warning("job %s (%s): queued message sent again", job.pk, job.kind)
+            resent.append(job)
+    return resent
 
 
 def job_run_inline(*, kind: str, params: dict, user=None, site=None, echo=None) -> Job:

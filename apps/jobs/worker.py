@@ -13,7 +13,7 @@ import threading
 from django.conf import settings
 from django.db import DatabaseError, connections
 
-from apps.jobs.services import handlers_load, job_reap_stale
+from apps.jobs.services import handlers_load, job_reap_stale, job_resend_lost_messages
 
 logger = logging.getLogger(__name__)
 _reaper: Reaper | None = None
@@ -31,6 +31,9 @@ class Reaper(threading.Thread):
                 reaped = job_reap_stale()
                 if reaped:
                     logger.warning("reaped jobs of lost workers: %s", [job.pk for job in reaped])
+                resent = job_resend_lost_messages()
+                if resent:
+                    logger.warning("queued jobs whose message was sent again: %s", [job.pk for job in resent])
             except DatabaseError as exc:  # database away for a moment: try again next round
                 logger.warning("job reaper: %s", exc)
             finally:

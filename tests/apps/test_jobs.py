@@ -272,3 +272,53 @@ def test_job_page_says_when_a_worker_was_lost_and_offers_retry(client):
     assert response.status_code == 302
     lost.refresh_from_db()
     assert lost.status == "queued"
+
+
+def test_a_queued_job_whose_message_was_lost_is_sent_again_once(settings, handler,
+                                                                django_capture_on_commit_callbacks, monkeypatch):
+    """A restarted Redis (no persistence) loses queued messages: the row stays QUEUED. The reaper
+    sends it again after AMINOPET_JOB_RESEND_SECONDS; a second reaper at once sends nothing."""
+    settings.AMINOPET_JOB_RESEND_SECONDS = 600
+    calls = handler()
+    sent = []
+    monkeypatch.setattr("apps.jobs.tasks.run_job.delay", lambda **kw: sent.append(kw))
+    with django_capture_on_commit_callbacks(execute=True):
+        lost = job_submit(kind="test_job")
+        fresh = job_submit(kind="test_job")
+    assert sent == [{"job_pk": lost.pk}, {"job_pk": fresh.pk}]
+    lost.refresh_from_db()
+    assert lost.enqueued_at is not None
+    Job.objects.filter(pk=lost.pk).update(enqueued_at=timezone.now() - timedelta(minutes=11))
+    sent.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        resent = services.job_resend_lost_messages()
+        assert services.job_resend_lost_messages() == []
+    assert [j.pk for j in resent] == [lost.pk] and sent == [{"job_pk": lost.pk}]
+    lost.refresh_from_db()
+    assert lost.status == "queued" and "sent again" in lost.log
+    assert timezone.now() - lost.enqueued_at < timedelta(minutes=1)
+    # The resent message runs the job once; the original, if it turns up after all, does nothing.
+    assert job_run(job_pk=lost.pk).status == "succeeded"
+    assert job_run(job_pk=lost.pk).status == "succeeded" and calls == [lost.pk]
+
+
+def test_running_and_finished_jobs_are_never_resent(settings, monkeypatch, django_capture_on_commit_callbacks):
+    settings.AMINOPET_JOB_RESEND_SECONDS = 60
+    sent = []
+    monkeypatch.setattr("apps.jobs.tasks.run_job.delay", lambda **kw: sent.append(kw))
+    old = timezone.now() - timedelta(hours=1)
+    for status in (JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED):
+        job = JobFactory(kind="test_job", status=status, heartbeat_at=timezone.now())
+        Job.objects.filter(pk=job.pk).update(enqueued_at=old)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.job_resend_lost_messages() == []
+    assert sent == []
+
+
+def test_reap_jobs_command_resends_lost_queued_messages(settings, capsys, monkeypatch):
+    monkeypatch.setattr("apps.jobs.tasks.run_job.delay", lambda **kw: None)
+    job = JobFactory(kind="test_job", status=JobStatus.QUEUED)
+    Job.objects.filter(pk=job.pk).update(enqueued_at=timezone.now() - timedelta(hours=2))
+    call_command("reap_jobs")
+    out = capsys.readouterr().out
+    assert f"job {job.pk} (test_job) still queued: message sent again" in out
