@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 from scipy import stats
 from scipy.special import expit, logit
-from sklearn.metrics import accuracy_score, brier_score_loss, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    brier_score_loss,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 
 from ml.classify.metrics import (
     PostHocCalibrator,

@@ -1,0 +1,137 @@
+"""Deep families: crops, the scratch CNN training loop, the foundation encoder fine-tuned and probed."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from ml.classify.cnn import CnnClassifier, build_cnn
+from ml.classify.finetune import FoundationClassifier
+from ml.classify.inputs import Augmenter, crop_centre, crop_stack
+from ml.foundation.model import EncoderConfig, FoundationEncoder, save_encoder
+
+torch.set_num_threads(1)
+
+
+def _xy(phantom_stacks, phantom_cohort):
+    keys = list(phantom_cohort.keys)
+    return [phantom_stacks[k] for k in keys], phantom_cohort.subset(keys)
+
+
+def test_crop_is_centred_on_the_tumour_with_true_origin_and_mirror(phantom_stacks):
+    stack = next(iter(phantom_stacks.values()))
+    centre = crop_centre(stack)
+    tumour = np.argwhere(stack.masks["tumor"] > 0)
+    assert np.allclose(centre, tumour.mean(axis=0))
+    crop, origin = crop_stack(stack.image, stack.affine, centre, 16)
+    start = np.round(centre - 7.5).astype(int)
+    assert np.allclose(crop[:, 0, 0, 0], stack.image[:, start[0], start[1], start[2]])
+    assert np.allclose(origin, (stack.affine @ np.append(start, 1))[:3])
+    flipped, f_origin = crop_stack(stack.image, stack.affine, centre, 16, flip_x=True)
+    assert np.array_equal(flipped, crop[:, ::-1])
+    # voxel 0 of the mirrored crop is the mirror image (x -> -x) of the last voxel of the crop
+    assert f_origin[0] == pytest.approx(-(origin[0] + 15 * stack.voxel_mm))
+    assert np.allclose(f_origin[1:], origin[1:])
+    # outside the grid: zeros
+    corner, _ = crop_stack(stack.image, stack.affine, (0, 0, 0), 8)
+    assert np.all(corner[:, :3, :3, :3] == 0)
+    rng = np.random.default_rng(0)
+    aug, _ = Augmenter().crop(stack.image, stack.affine, centre, 16, rng)
+    assert aug.shape == crop.shape and not np.allclose(aug, crop)
+    with pytest.raises(ValueError, match="flip_prob"):
+        Augmenter(flip_prob=2)
+
+
+def test_tiny_cnn_training_loss_drops_and_the_checkpoint_round_trips(phantom_stacks, phantom_cohort):
+    X, y = _xy(phantom_stacks, phantom_cohort)
+    clf = CnnClassifier(arch="densenet", crop=16, epochs=12, batch_size=4, lr=3e-3, augment=False,
+                        random_state=0).fit(X, y)
+    losses = [h["train_loss"] for h in clf.history_]
+    assert len(losses) == 12
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:2])
+    p = clf.predict_proba(X)
+    assert p.shape == (len(X), 2) and np.allclose(p.sum(axis=1), 1)
+    # the training cases are fitted: higher probability for progression
+    assert p[y == 1, 1].mean() > p[y == 0, 1].mean()
+    payload = torch.load(io.BytesIO(clf.state_bytes()), weights_only=False)
+    again = CnnClassifier.from_state(payload)
+    assert np.allclose(again.predict_proba(X), p, atol=1e-6)
+    # same seed, same model
+    twin = CnnClassifier(arch="densenet", crop=16, epochs=2, batch_size=4, augment=True, random_state=5).fit(X, y)
+    twin2 = CnnClassifier(arch="densenet", crop=16, epochs=2, batch_size=4, augment=True, random_state=5).fit(X, y)
+    assert np.allclose(twin.predict_proba(X), twin2.predict_proba(X), atol=1e-6)
+
+
+def test_cnn_early_stopping_keeps_the_best_validation_epoch(phantom_stacks, phantom_cohort):
+    X, y = _xy(phantom_stacks, phantom_cohort)
+    clf = CnnClassifier(arch="densenet", crop=16, epochs=6, batch_size=4, patience=2, random_state=1)
+    clf.fit(X[:8], y[:8], X_val=X[8:], y_val=y[8:])
+    val = [h["val_loss"] for h in clf.history_]
+    assert clf.best_epoch_ == int(np.argmin(val)) + 1
+    assert len(val) <= 6
+
+
+def test_cnn_bad_input():
+    with pytest.raises(ValueError, match="arch"):
+        build_cnn("vgg", 5)
+    with pytest.raises(ValueError, match="crop"):
+        CnnClassifier(crop=4).fit([object()], [1])
+
+
+@pytest.fixture(scope="module")
+def encoder_checkpoint(tmp_path_factory):
+    torch.manual_seed(3)
+    enc = FoundationEncoder(EncoderConfig(img_size=(16, 16, 16), patch_size=8, hidden_size=32, mlp_dim=64,
+                                          num_layers=1, num_heads=2, voxel_mm=4.0))
+    path = save_encoder(enc, tmp_path_factory.mktemp("enc") / "encoder.pt", config={"run": "test"})
+    return path, {k: v.clone() for k, v in enc.state_dict().items()}
+
+
+def test_finetune_loads_the_encoder_checkpoint_and_trains_it(phantom_stacks, phantom_cohort, encoder_checkpoint):
+    path, weights = encoder_checkpoint
+    X, y = _xy(phantom_stacks, phantom_cohort)
+    frozen_lr = FoundationClassifier(encoder_path=str(path), crop=16, epochs=1, batch_size=4, encoder_lr_mult=0.0,
+                                     weight_decay=0.0, random_state=0).fit(X, y)
+    got = frozen_lr.network_.encoder.state_dict()
+    # the pretrained weights were loaded (and with a zero encoder learning rate, kept)
+    assert all(torch.equal(got[k], weights[k]) for k in weights)
+    tuned = FoundationClassifier(encoder_path=str(path), crop=16, epochs=3, batch_size=4, lr=1e-3,
+                                 random_state=0).fit(X, y)
+    changed = [k for k in weights if not torch.equal(tuned.network_.encoder.state_dict()[k], weights[k])]
+    assert changed
+    assert tuned.encoder_config_["hidden_size"] == 32
+    payload = torch.load(io.BytesIO(tuned.state_bytes()), weights_only=False)
+    again = FoundationClassifier.from_state(payload)
+    assert np.allclose(again.predict_proba(X), tuned.predict_proba(X), atol=1e-5)
+
+
+def test_linear_probe_keeps_the_encoder_frozen_and_equals_the_logistic_regression(
+        phantom_stacks, phantom_cohort, encoder_checkpoint):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    path, weights = encoder_checkpoint
+    X, y = _xy(phantom_stacks, phantom_cohort)
+    probe = FoundationClassifier(encoder_path=str(path), mode="probe", crop=16, random_state=0).fit(X, y)
+    assert all(torch.equal(probe.network_.encoder.state_dict()[k], weights[k]) for k in weights)
+    assert probe.probe_C_ in np.logspace(-3, 2, 6)
+    emb = probe.embed(X)
+    assert emb.shape == (len(X), 32)
+    ref = make_pipeline(StandardScaler(), LogisticRegression(C=probe.probe_C_, max_iter=5000)).fit(emb, y)
+    assert np.allclose(probe.decision_function(X), ref.decision_function(emb), atol=1e-4)
+
+
+def test_foundation_rejects_an_encoder_of_another_grid(phantom_stacks, phantom_cohort, tmp_path):
+    enc = FoundationEncoder(EncoderConfig(img_size=(16, 16, 16), hidden_size=32, mlp_dim=64, num_layers=1,
+                                          num_heads=2, voxel_mm=2.0))
+    path = save_encoder(enc, tmp_path / "enc2mm.pt")
+    X, y = _xy(phantom_stacks, phantom_cohort)
+    with pytest.raises(ValueError, match="2 mm"):
+        FoundationClassifier(encoder_path=str(path), crop=16, epochs=1).fit(X, y)
+    with pytest.raises(ValueError, match="mode"):
+        FoundationClassifier(mode="zero-shot").fit(X, y)
+    with pytest.raises(ValueError, match="does not exist"):
+        FoundationClassifier(encoder_path=str(tmp_path / "none.pt"), crop=16).fit(X, y)
