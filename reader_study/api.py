@@ -20,7 +20,7 @@ from rest_framework.views import APIView
 from apps.accounts.models import Role
 from apps.accounts.permissions import MANAGE_ROLES, RolePermission
 from reader_study import selectors, services
-from reader_study.models import Arm, Reading, Study
+from reader_study.models import Arm, Study
 from reader_study.serializers import AnswerSerializer, StudySerializer
 
 
@@ -85,21 +85,24 @@ class WorklistAPI(_ReaderAPI):
 
 class ReadingCaseAPI(_ReaderAPI):
     def _assignment(self, request, slug, code, arm):
-        reader = selectors.study_reader_for(request.user, slug)
-        return reader, selectors.assignment_for(reader, code, arm)
+        return selectors.reader_assignment_for(request.user, slug, code, arm)
 
     @extend_schema(responses=dict)
     def get(self, request, slug, code, arm):
         reader, assignment = self._assignment(request, slug, code, arm)
-        if Reading.objects.filter(reader=reader, case=assignment.case, arm=arm, submitted_at__isnull=False).exists():
+        readings = services.case_readings(reader, assignment.case)  # both arms, one query
+        if arm in readings and readings[arm].is_submitted:
             return _error("locked", "this case was already answered in this arm", status.HTTP_409_CONFLICT)
         try:
-            reading = services.reading_open(assignment=assignment, arm=arm, user=request.user, request=request)
+            # the study's status as read with the reader a moment ago, in this request
+            reading = services.reading_open(assignment=assignment, arm=arm, user=request.user, request=request,
+                                            readings=readings, study_status=reader.study.status)
         except services.ReadingLocked as exc:
             return _error("permission_denied", str(exc), status.HTTP_403_FORBIDDEN)
         case = assignment.case
         prediction = selectors.ai_prediction(reader.study, case) if arm == Arm.AIDED else None
-        ai = selectors.ai_panel(reader, case, arm, assignment=assignment, prediction=prediction)
+        ai = selectors.ai_panel(reader, case, arm, assignment=assignment, prediction=prediction,
+                                refusal_checked=True)
         if ai is not None:
             ai = {**ai, "features": [asdict(f) | {"text": f.text} for f in ai["features"]]}
         position, n = selectors.reading_position(assignment)
@@ -115,13 +118,17 @@ class ReadingCaseAPI(_ReaderAPI):
         reader, assignment = self._assignment(request, slug, code, arm)
         serializer = AnswerSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        reading = Reading.objects.filter(reader=reader, case=assignment.case, arm=arm).order_by("pk").first()
+        readings = services.case_readings(reader, assignment.case)  # both arms, one query
+        reading = readings.get(arm)
         if reading is None:
             return _error("not_opened", "open the case (GET) before answering it", status.HTTP_409_CONFLICT)
         reading.reader, reading.case = reader, assignment.case  # the rows it was looked up by
         if reading.assignment_id == assignment.pk:
             reading.assignment = assignment
-        reason = services.arm_refusal(assignment=assignment, arm=arm)
+        unaided = readings.get(Arm.UNAIDED)
+        # the study's status is read again under the session lock by reading_submit
+        reason = services.arm_refusal(assignment=assignment, arm=arm, study_status=reader.study.status,
+                                      unaided_submitted=bool(unaided is not None and unaided.is_submitted))
         if reason and not reading.is_submitted:
             return _error("permission_denied", reason, status.HTTP_403_FORBIDDEN)
         answer = dict(serializer.validated_data)
@@ -133,6 +140,9 @@ class ReadingCaseAPI(_ReaderAPI):
             return _error("locked", str(exc), status.HTTP_409_CONFLICT)
         except services.StudyError as exc:
             return _error("invalid", str(exc), status.HTTP_400_BAD_REQUEST)
-        nxt = selectors.next_reading(reader)
+        # the sessions as read with the reader, unless this submit completed one (its completion starts
+        # the next session's washout: read them again then)
+        sessions = None if reading.assignment.session.completed_at else list(reader.sessions.all())
+        nxt = selectors.next_reading(reader, sessions=sessions)
         return Response({"case": code, "arm": arm, "submitted_at": reading.submitted_at,
                          "next": {"case": nxt[0], "arm": nxt[1]} if nxt else None}, status=status.HTTP_201_CREATED)

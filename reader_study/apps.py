@@ -5,3 +5,15 @@ class ReaderStudyConfig(AppConfig):
     name = "reader_study"
     verbose_name = "Reader study"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django.db.models.signals import post_delete, post_save
+
+        from apps.cohorts.models import Exam, Mask, Volume
+        from apps.quantification.models import ExamQuantification
+        from apps.registry.models import ModelVersion
+        from reader_study.selectors import cached_data_changed
+
+        for model in (Exam, Volume, Mask, ExamQuantification, ModelVersion):
+            for name, signal in (("save", post_save), ("delete", post_delete)):
+                signal.connect(cached_data_changed, sender=model, dispatch_uid=f"reader_study:{model.__name__}:{name}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from statistics import median
 
+from django.core.cache import cache
 from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.http import Http404
 from django.urls import reverse
@@ -120,6 +121,29 @@ def assignment_for(reader: StudyReader, case_code: str, arm: str) -> Assignment:
     return assignment
 
 
+def reader_assignment_for(user, slug: str, case_code: str, arm: str) -> tuple[StudyReader, Assignment]:
+    """The user's StudyReader in study ``slug`` and their assignment of ``case_code`` for ``arm``, in
+    one query (the reader, study, model version, session, case, exam and patient joined); 404 when the
+    user is not a reader of that (non-draft) study, the case is not theirs or the arm is unknown.
+
+    The same answer as :func:`study_reader_for` then :func:`assignment_for` (the reader's sessions are
+    read when first needed)."""
+    if arm not in Arm.values:
+        raise Http404("no such arm")
+    qs = (Assignment.objects
+          .select_related("session__reader__study__model_version", "case__exam__patient")
+          .filter(session__reader__user=user, session__reader__study__slug=slug, case__code=case_code)
+          .exclude(session__reader__study__status=StudyStatus.DRAFT)
+          .annotate(n_session_cases=_session_size()))
+    qs = qs.filter(Q(session__reader__study__design=Design.CROSSOVER, session__arm=arm)
+                   | ~Q(session__reader__study__design=Design.CROSSOVER))
+    assignment = qs.order_by("session__reader_id", "session__number", "position").first()
+    if assignment is None:
+        study_reader_for(user, slug)  # 404 "no such study" when that is why
+        raise Http404("no such case")
+    return assignment.session.reader, assignment
+
+
 @dataclass(frozen=True)
 class WorklistRow:
     position: int
@@ -167,14 +191,18 @@ def worklist(reader: StudyReader) -> list[WorklistSession]:
     return out
 
 
-def next_reading(reader: StudyReader) -> tuple[str, str] | None:
+def next_reading(reader: StudyReader, *, sessions: list[ReadingSession] | None = None) -> tuple[str, str] | None:
     """(case code, arm) of the reader's next reading that may be opened now, in the stored order.
 
     The first case of :func:`worklist` with an ``open`` arm, found with two queries (the sessions,
-    read again for their state, and the first assignment not fully answered) instead of the worklist."""
+    read again for their state, and the first assignment not fully answered) instead of the worklist.
+    ``sessions``: the reader's sessions as read in this request, when the caller holds them (then one
+    query)."""
     if reader.study.status != StudyStatus.OPEN:
         return None
-    sessions = list(ReadingSession.objects.filter(reader=reader).order_by("number"))
+    if sessions is None:
+        sessions = list(ReadingSession.objects.filter(reader=reader).order_by("number"))
+    sessions = sorted(sessions, key=lambda s: s.number)
     now = timezone.now()
     open_ids = [s.pk for s in sessions if session_state(s, now=now, sessions=sessions) == "open"]
     if not open_ids:
@@ -224,19 +252,31 @@ def _image_url(reader: StudyReader, case: StudyCase, arm: str, what: str) -> str
     return reverse("reader_study:image", args=[token])
 
 
+def _what_for(arm: str):
+    """``what(obj)``: the image a reader may fetch for a layer of the viewer configuration (the
+    ``what`` of its signed URL), None for what readers never see."""
+
+    def what(obj) -> str | None:
+        if isinstance(obj, Volume):
+            return obj.kind if obj.kind in READER_VOLUME_KINDS else None
+        if isinstance(obj, Mask):
+            return f"mask:{obj.kind}" if obj.kind in READER_MASK_KINDS else None
+        if isinstance(obj, tuple) and len(obj) == 2 and obj[1] in READER_MAPS:
+            return f"map:{obj[1]}"
+        if obj == "heatmap":
+            return "heatmap" if arm == Arm.AIDED else None
+        return None
+
+    return what
+
+
 def _url_for(reader: StudyReader, case: StudyCase, arm: str):
     """The ``url_for`` of the viewer configuration: signed reader URLs, None for what readers never see."""
+    what_for = _what_for(arm)
 
     def url_for(obj) -> str | None:
-        if isinstance(obj, Volume):
-            return _image_url(reader, case, arm, obj.kind) if obj.kind in READER_VOLUME_KINDS else None
-        if isinstance(obj, Mask):
-            return _image_url(reader, case, arm, f"mask:{obj.kind}") if obj.kind in READER_MASK_KINDS else None
-        if isinstance(obj, tuple) and len(obj) == 2 and obj[1] in READER_MAPS:
-            return _image_url(reader, case, arm, f"map:{obj[1]}")
-        if obj == "heatmap":
-            return _image_url(reader, case, arm, "heatmap") if arm == Arm.AIDED else None
-        return None
+        what = what_for(obj)
+        return _image_url(reader, case, arm, what) if what else None
 
     return url_for
 
@@ -277,13 +317,36 @@ def _scrub(config: dict) -> dict:
     return config
 
 
-def case_viewer_config(reader: StudyReader, case: StudyCase, arm: str, *,
-                       prediction: Prediction | None = None) -> dict | None:
-    """The viewer configuration of a case for this reader and arm, with signed image URLs.
+_generation = [0]  # bumped whenever an exam's images, masks, quantification or a model version change
 
-    Uses ``apps.quantification.viewer.exam_viewer_config`` when it exists (crosshair on the lesion,
-    maps, TACs), else a minimal T1c + PET configuration."""
-    url_for = _url_for(reader, case, arm)
+
+def cached_data_changed(**_kwargs) -> None:
+    """Signal receiver (reader_study.apps): forget the cached viewer configurations and training
+    references of this process (a saved or deleted exam, volume, mask, quantification or model
+    version; primary keys can be reused, e.g. after a rollback)."""
+    _generation[0] += 1
+
+
+#: How long a process keeps a case's viewer configuration (without its signed URLs): the images of a
+#: case in a running study do not change; a re-prepared exam shows within this time.
+VIEWER_CONFIG_CACHE_SECONDS = 300
+_SIGNED = "signed-image:"  # placeholder URL prefix in the cached configuration, + the image's ``what``
+
+
+def _viewer_template(case: StudyCase, arm: str, *, heatmap: bool) -> dict | None:
+    """The scrubbed viewer configuration of the case with placeholder URLs (``signed-image:<what>``),
+    computed once per exam, arm kind and heat map, then kept :data:`VIEWER_CONFIG_CACHE_SECONDS` (it
+    reads the volumes, masks and quantification: about a third of a case open otherwise)."""
+    key = f"reader_study:viewer:{_generation[0]}:{case.exam_id}:{'aided' if arm == Arm.AIDED else 'unaided'}:{int(heatmap)}"
+    cached = cache.get(key)
+    if cached is not None:
+        return cached.get("config")
+    what_for = _what_for(arm)
+
+    def url_for(obj) -> str | None:
+        what = what_for(obj)
+        return f"{_SIGNED}{what}" if what else None
+
     exam = case.exam
     config = None
     try:
@@ -291,15 +354,40 @@ def case_viewer_config(reader: StudyReader, case: StudyCase, arm: str, *,
     except ImportError:
         exam_viewer_config = None
     if exam_viewer_config is not None:
-        if arm != Arm.AIDED:
-            prediction = None
-        elif prediction is None or prediction.exam_id != case.exam_id:
-            prediction = ai_prediction(reader.study, case)
-        heatmap = url_for("heatmap") if prediction and (prediction.explanation or {}).get("heatmap") else None
-        config = exam_viewer_config(exam, url_for=url_for, heatmap_url=heatmap)
+        config = exam_viewer_config(exam, url_for=url_for, heatmap_url=url_for("heatmap") if heatmap else None)
     if config is None:
         config = _fallback_viewer_config(exam, url_for)
-    return _scrub(config) if config else None
+    config = _scrub(config) if config else None
+    cache.set(key, {"config": config}, VIEWER_CONFIG_CACHE_SECONDS)
+    return config
+
+
+def _signed(node, sign):
+    """A copy of ``node`` with every ``signed-image:<what>`` URL replaced by ``sign(what)``."""
+    if isinstance(node, dict):
+        return {k: (sign(v[len(_SIGNED):]) if k == "url" and isinstance(v, str) and v.startswith(_SIGNED)
+                    else _signed(v, sign)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_signed(v, sign) for v in node]
+    return node
+
+
+def case_viewer_config(reader: StudyReader, case: StudyCase, arm: str, *,
+                       prediction: Prediction | None = None) -> dict | None:
+    """The viewer configuration of a case for this reader and arm, with signed image URLs.
+
+    Uses ``apps.quantification.viewer.exam_viewer_config`` when it exists (crosshair on the lesion,
+    maps, TACs), else a minimal T1c + PET configuration. The configuration is cached per exam (see
+    :func:`_viewer_template`); the URLs are signed for this reader, case and arm on every call."""
+    if arm != Arm.AIDED:
+        prediction = None
+    elif prediction is None or prediction.exam_id != case.exam_id:
+        prediction = ai_prediction(reader.study, case)
+    heatmap = bool(prediction and (prediction.explanation or {}).get("heatmap"))
+    template = _viewer_template(case, arm, heatmap=heatmap)
+    if template is None:
+        return None
+    return _signed(template, lambda what: _image_url(reader, case, arm, what))
 
 
 def ai_prediction(study: Study, case: StudyCase) -> Prediction | None:
@@ -308,8 +396,23 @@ def ai_prediction(study: Study, case: StudyCase) -> Prediction | None:
     return Prediction.objects.filter(model_version_id=study.model_version_id, exam_id=case.exam_id).first()
 
 
+#: How long a process keeps a model version's training references (they change only if its
+#: training cohort's quantification is redone).
+REFERENCES_CACHE_SECONDS = 600
+
+
 def _training_references(model_version) -> tuple[dict[str, float], int | None]:
-    """Median of each clinical parameter over the model's training exams, and their number of sites."""
+    """Median of each clinical parameter over the model's training exams, and their number of sites
+    (cached per model version, :data:`REFERENCES_CACHE_SECONDS`)."""
+    key = f"reader_study:refs:{_generation[0]}:{model_version.pk}"
+    cached = cache.get(key)
+    if cached is None:
+        cached = _training_references_read(model_version)
+        cache.set(key, cached, REFERENCES_CACHE_SECONDS)
+    return cached
+
+
+def _training_references_read(model_version) -> tuple[dict[str, float], int | None]:
     cohort = model_version.training_cohort
     if cohort is None:
         return {}, None
@@ -334,17 +437,19 @@ _QUANT_FIELDS = {"suv_max", "suv_mean", "tbr_max", "tbr_mean", "ts_max", "ts_mea
 
 
 def ai_panel(reader: StudyReader, case: StudyCase, arm: str, *, assignment: Assignment | None = None,
-             prediction: Prediction | None = None) -> dict | None:
+             prediction: Prediction | None = None, refusal_checked: bool = False) -> dict | None:
     """What the aided arm shows: probability, decision, explanation, intended use and warnings.
 
     None in the unaided arm, and None whenever blinding forbids the arm now (belt and braces: the
     views check :func:`reader_study.services.arm_refusal` first). ``assignment`` and ``prediction``:
-    the ones the caller already loaded for this reader and case (looked up when not given)."""
+    the ones the caller already loaded for this reader and case (looked up when not given);
+    ``refusal_checked``: the caller checked :func:`arm_refusal` for this assignment and arm in this
+    request (``reading_open`` did), so it is not read again."""
     if arm != Arm.AIDED:
         return None
     if assignment is None or assignment.case_id != case.pk or assignment.session.reader_id != reader.pk:
-        assignment = assignment_for(reader, case.code, arm)
-    if arm_refusal(assignment=assignment, arm=arm):
+        assignment, refusal_checked = assignment_for(reader, case.code, arm), False
+    if not refusal_checked and arm_refusal(assignment=assignment, arm=arm):
         return None
     study = reader.study
     if prediction is None or prediction.exam_id != case.exam_id or prediction.model_version_id != study.model_version_id:

@@ -25,7 +25,7 @@ from datetime import timedelta
 import numpy as np
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
-from django.db.models import Count, OuterRef, Subquery
+from django.db.models import Count, F, OuterRef, Subquery
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -406,19 +406,26 @@ def session_state(session: ReadingSession, *, now=None, sessions: Iterable[Readi
     return "open"
 
 
-def arm_refusal(*, assignment: Assignment, arm: str, now=None) -> str | None:
+def arm_refusal(*, assignment: Assignment, arm: str, now=None, study_status: str | None = None,
+                unaided_submitted: bool | None = None) -> str | None:
     """Why ``arm`` of this assignment may not be read now (None: it may).
 
     The rules of blinding: the study is open; the session is open (washout passed); in a crossover the
     arm is the session's; in a sequential design the aided arm only after the unaided answer is
     submitted (and so locked).
+
+    ``study_status`` and ``unaided_submitted``: facts the caller read from the database in this same
+    request (the study's status, whether the reader's unaided answer to this case is submitted); each
+    one not given is read here.
     """
     session = assignment.session
     study = session.reader.study
     if arm not in Arm.values:
         return "unknown arm"
-    if Study.objects.filter(pk=study.pk).order_by().values_list("status", flat=True).first() != StudyStatus.OPEN:
-        return "the study is not open"  # read now: the study may have closed since the objects were loaded
+    if study_status is None:  # read now: the study may have closed since the objects were loaded
+        study_status = Study.objects.filter(pk=study.pk).order_by().values_list("status", flat=True).first()
+    if study_status != StudyStatus.OPEN:
+        return "the study is not open"
     state = session_state(session, now=now)
     if state == "washout":
         return f"session {session.number} opens on {timezone.localtime(session.opens_at):%Y-%m-%d %H:%M}"
@@ -427,26 +434,45 @@ def arm_refusal(*, assignment: Assignment, arm: str, now=None) -> str | None:
     if study.design == Design.CROSSOVER:
         if session.arm != arm:
             return "this arm is not read in this session"
-    elif arm == Arm.AIDED and not Reading.objects.filter(
-        reader=session.reader, case=assignment.case, arm=Arm.UNAIDED, submitted_at__isnull=False
-    ).exists():
-        return "answer this case without the AI first"
+    elif arm == Arm.AIDED:
+        if unaided_submitted is None:
+            unaided_submitted = Reading.objects.filter(
+                reader=session.reader, case=assignment.case, arm=Arm.UNAIDED, submitted_at__isnull=False
+            ).exists()
+        if not unaided_submitted:
+            return "answer this case without the AI first"
     return None
 
 
-def reading_open(*, assignment: Assignment, arm: str, user, request=None) -> Reading:
+def case_readings(reader: StudyReader, case) -> dict[str, Reading]:
+    """The reader's readings of ``case`` by arm (opened or submitted), in one query."""
+    rows = Reading.objects.filter(reader=reader, case=case).order_by("pk")
+    out: dict[str, Reading] = {}
+    for row in rows:
+        out.setdefault(row.arm, row)
+    return out
+
+
+def reading_open(*, assignment: Assignment, arm: str, user, request=None, readings: dict | None = None,
+                 study_status: str | None = None) -> Reading:
     """The reader's reading of this case in this arm, created on first open (server ``opened_at``).
 
     Idempotent: opening again returns the same row (its ``opened_at`` unchanged). Raises
     :class:`ReadingLocked` when blinding forbids the arm now (see :func:`arm_refusal`).
+    ``readings``: :func:`case_readings` of this reader and case when the caller read them in this
+    request; ``study_status``: the study's status read in this request (both read here when not given).
     """
-    reason = arm_refusal(assignment=assignment, arm=arm)
+    reader, case = assignment.session.reader, assignment.case
+    if readings is None:
+        readings = case_readings(reader, case)
+    unaided = readings.get(Arm.UNAIDED)
+    reason = arm_refusal(assignment=assignment, arm=arm, study_status=study_status,
+                         unaided_submitted=bool(unaided is not None and unaided.submitted_at is not None))
     if reason:
         raise ReadingLocked(reason)
-    reader, case = assignment.session.reader, assignment.case
     now = timezone.now()
     created = False
-    reading = Reading.objects.filter(reader=reader, case=case, arm=arm).order_by("pk").first()
+    reading = readings.get(arm)
     if reading is None:
         try:
             with transaction.atomic():
@@ -456,8 +482,9 @@ def reading_open(*, assignment: Assignment, arm: str, user, request=None) -> Rea
         except IntegrityError:  # two tabs opening at once: the other created it (unique reader/case/arm)
             reading = Reading.objects.get(reader=reader, case=case, arm=arm)
     reading.reader, reading.case = reader, case  # the rows it was looked up by: no refetch for the audit
-    if created:
+    if created and assignment.session.started_at is None:
         ReadingSession.objects.filter(pk=assignment.session_id, started_at__isnull=True).update(started_at=now)
+        assignment.session.started_at = now
     audit_record(action="reading.open", actor=user, target=reading, site=case.exam.patient.site_id,
                  details={"study": reader.study.slug, "case": case.code, "arm": arm, "first": created},
                  request=request)
@@ -533,14 +560,16 @@ def reading_submit(*, reading: Reading, answer: dict, user, active_seconds=None,
     study = reading.reader.study
     fields = _answer_fields(reading, study, answer)
     with transaction.atomic():
-        session = (ReadingSession.objects.select_for_update()
+        # the study's status read under the lock (it may have closed since the objects were loaded), in
+        # the statement that takes it; only the session row is locked
+        session = (ReadingSession.objects.select_for_update(of=("self",))
                    .annotate(n_assignments=Subquery(Assignment.objects.filter(session_id=OuterRef("pk")).order_by()
-                                                    .values("session_id").annotate(n=Count("pk")).values("n")[:1]))
+                                                    .values("session_id").annotate(n=Count("pk")).values("n")[:1]),
+                             study_status=F("reader__study__status"))
                    .get(pk=reading.assignment.session_id))
         if session.reader_id == reading.reader_id:
             session.reader = reading.reader
-        # read under the lock: the study may have closed since the objects were loaded
-        if Study.objects.filter(pk=study.pk).order_by().values_list("status", flat=True).first() != StudyStatus.OPEN:
+        if session.study_status != StudyStatus.OPEN:
             raise ReadingLocked("the study is not open")
         now = timezone.now()
         fields["active_seconds"] = clamp_active_seconds(
@@ -549,6 +578,8 @@ def reading_submit(*, reading: Reading, answer: dict, user, active_seconds=None,
         if not stored:
             raise ReadingLocked("this case was already answered; answers are locked once submitted")
         _session_complete_if_done(session, now)
+        if session.completed_at is not None:  # the caller's copy of the session learns it too
+            reading.assignment.session.completed_at = session.completed_at
         for name, value in fields.items():  # exactly what the conditional update stored
             setattr(reading, name, value)
         reading.submitted_at = now
@@ -575,6 +606,7 @@ def _session_complete_if_done(session: ReadingSession, now) -> None:
     if submitted < session_required_readings(session):
         return
     if ReadingSession.objects.filter(pk=session.pk, completed_at__isnull=True).update(completed_at=now):
+        session.completed_at = now
         washout = timedelta(days=session.reader.study.washout_days)
         ReadingSession.objects.filter(reader=session.reader, number=session.number + 1).update(opens_at=now + washout)
 

@@ -231,7 +231,7 @@ class CaseView(_ReaderMixin, View):
 
     template_name = "reader_study/case.html"
 
-    def _context(self, reader, assignment, arm, form):
+    def _context(self, reader, assignment, arm, form, *, refusal_checked: bool = False):
         study = reader.study
         case = assignment.case
         position, n = selectors.reading_position(assignment)
@@ -241,27 +241,28 @@ class CaseView(_ReaderMixin, View):
             "sequential": study.design == Design.SEQUENTIAL, "position": position, "n_cases": n,
             "session": assignment.session, "done": done, "total": total, "form": form,
             "viewer_config": selectors.case_viewer_config(reader, case, arm),
-            "ai": selectors.ai_panel(reader, case, arm),
+            "ai": selectors.ai_panel(reader, case, arm, assignment=assignment, refusal_checked=refusal_checked),
             "biopsy": study.task == "biopsy_target",
         }
 
     def _open(self, request, slug, code, arm):
-        reader = selectors.study_reader_for(request.user, slug)
-        assignment = selectors.assignment_for(reader, code, arm)
-        return reader, assignment
+        return selectors.reader_assignment_for(request.user, slug, code, arm)
 
     def get(self, request, slug, code, arm):
         reader, assignment = self._open(request, slug, code, arm)
-        existing = Reading.objects.filter(reader=reader, case=assignment.case, arm=arm).first()
+        readings = services.case_readings(reader, assignment.case)  # both arms, one query
+        existing = readings.get(arm)
         if existing is not None and existing.is_submitted:
             messages.info(request, f"Case {code} ({Arm(arm).label.lower()}) is already answered and locked.")
             return redirect("reader_study:next", slug=slug)
         try:
-            services.reading_open(assignment=assignment, arm=arm, user=request.user, request=request)
+            services.reading_open(assignment=assignment, arm=arm, user=request.user, request=request,
+                                  readings=readings, study_status=reader.study.status)
         except services.ReadingLocked as exc:
             return _refused(request, reader, str(exc))
         form = ReadingForm(study=reader.study, arm=arm)
-        return render(request, self.template_name, self._context(reader, assignment, arm, form))
+        return render(request, self.template_name,
+                      self._context(reader, assignment, arm, form, refusal_checked=True))
 
     def post(self, request, slug, code, arm):
         reader, assignment = self._open(request, slug, code, arm)
