@@ -46,6 +46,7 @@ __all__ = [
     "load_encoder",
     "save_encoder",
     "file_sha256",
+    "transformer_block",
 ]
 
 #: ``format`` key of the checkpoints written by :func:`save_encoder` and ml.foundation.train.
@@ -155,6 +156,20 @@ def default_origin_mm(size: Sequence[int], voxel_mm: float) -> np.ndarray:
     return centre - (np.asarray(size, dtype=np.float64) - 1) / 2.0 * voxel_mm
 
 
+def transformer_block(hidden_size: int, mlp_dim: int, num_heads: int, *, dropout_rate: float = 0.0,
+                      qkv_bias: bool = True) -> TransformerBlock:
+    """A MONAI pre-norm transformer block with fused attention (``F.scaled_dot_product_attention``).
+
+    MONAI builds a cross-attention LayerNorm even without cross-attention; it is frozen here so that
+    every trainable parameter gets a gradient (DistributedDataParallel requires it).
+    """
+    block = TransformerBlock(hidden_size, mlp_dim, num_heads, dropout_rate=dropout_rate, qkv_bias=qkv_bias,
+                             use_flash_attention=True)
+    if not block.with_cross_attention and hasattr(block, "norm_cross_attn"):
+        block.norm_cross_attn.requires_grad_(False)
+    return block
+
+
 class FourierPositionEmbedding(nn.Module):
     """Learned linear map of fixed sin/cos features of MNI mm coordinates.
 
@@ -206,8 +221,8 @@ class FoundationEncoder(nn.Module):
         self.missing_channel = nn.Parameter(torch.zeros(c.in_channels, c.hidden_size))
         nn.init.normal_(self.missing_channel, std=0.02)
         self.blocks = nn.ModuleList([
-            TransformerBlock(c.hidden_size, c.mlp_dim, c.num_heads, dropout_rate=c.dropout_rate,
-                             qkv_bias=c.qkv_bias, use_flash_attention=True)
+            transformer_block(c.hidden_size, c.mlp_dim, c.num_heads, dropout_rate=c.dropout_rate,
+                              qkv_bias=c.qkv_bias)
             for _ in range(c.num_layers)
         ])
         self.norm = nn.LayerNorm(c.hidden_size)

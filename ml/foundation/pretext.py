@@ -29,10 +29,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.networks.blocks import TransformerBlock
 from torch import nn
 
-from ml.foundation.model import EncoderConfig, FoundationEncoder, FourierPositionEmbedding
+from ml.foundation.model import (
+    EncoderConfig,
+    FoundationEncoder,
+    FourierPositionEmbedding,
+    transformer_block,
+)
 
 __all__ = [
     "MRI_CHANNELS",
@@ -173,7 +177,7 @@ class PretextDecoder(nn.Module):
         self.pos_embed = FourierPositionEmbedding(d, encoder_config.pos_num_freqs, min_wl,
                                                   encoder_config.pos_max_wavelength_mm)
         self.blocks = nn.ModuleList([
-            TransformerBlock(d, config.decoder_mlp_dim, config.decoder_heads, qkv_bias=True, use_flash_attention=True)
+            transformer_block(d, config.decoder_mlp_dim, config.decoder_heads)
             for _ in range(config.decoder_layers)
         ])
         self.norm = nn.LayerNorm(d)
