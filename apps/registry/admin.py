@@ -2,7 +2,7 @@
 jobs only (the audit trail and the registry must agree with what the models produced)."""
 from django.contrib import admin
 
-from apps.registry.models import ModelVersion, Prediction
+from apps.registry.models import ExamEmbedding, ModelVersion, Prediction
 
 
 class _ReadOnlyAdmin(admin.ModelAdmin):
@@ -25,4 +25,10 @@ class ModelVersionAdmin(_ReadOnlyAdmin):
 @admin.register(Prediction)
 class PredictionAdmin(_ReadOnlyAdmin):
     list_display = ("model_version", "exam", "probability", "label")
+    list_filter = ("model_version",)
+
+
+@admin.register(ExamEmbedding)
+class ExamEmbeddingAdmin(_ReadOnlyAdmin):
+    list_display = ("model_version", "exam", "dim", "grid_shape", "created_at")
     list_filter = ("model_version",)

@@ -64,3 +64,60 @@ def model_metrics_visible(user, model_version: ModelVersion) -> dict:
         .values_list("pk", flat=True)
     }
     return _filter_cases(metrics, visible)
+
+
+def foundation_summary(user, model_version: ModelVersion) -> dict:
+    """What the model page shows of a foundation encoder, per-case parts scoped like the metrics.
+
+    Nearest-neighbour retrieval names exams: a query exam the user may not see is left out, and a
+    neighbour of another site the user has no data role at keeps its rank and similarity but not
+    its identity or label.
+    """
+    import yaml
+
+    metrics = model_metrics_visible(user, model_version)
+    retrieval = metrics.get("retrieval") or {}
+    ids = {int(q["exam"]) for q in retrieval.get("queries", [])}
+    ids |= {int(n["exam"]) for q in retrieval.get("queries", []) for n in q.get("neighbours", [])}
+    exams = {e.pk: e for e in Exam.objects.filter(pk__in=ids).select_related("patient__site")}
+    if is_admin(user):
+        visible = set(exams)
+    else:
+        visible = set(Exam.objects.filter(pk__in=ids, patient__site__in=sites_for(user, DATA_ROLES))
+                      .values_list("pk", flat=True))
+    queries = []
+    for q in retrieval.get("queries", []):
+        if int(q["exam"]) not in visible or int(q["exam"]) not in exams:
+            continue
+        neighbours = [{"rank": i + 1, "similarity": n.get("similarity"),
+                       "exam": exams.get(int(n["exam"])) if int(n["exam"]) in visible else None,
+                       "label": n.get("label") if int(n["exam"]) in visible else None}
+                      for i, n in enumerate(q.get("neighbours", []))]
+        queries.append({"exam": exams[int(q["exam"])], "label": q.get("label"), "neighbours": neighbours})
+    plots = model_version.plots or {}
+    captions = model_version.config.get("plot_captions") or {}
+    reconstructions = []
+    for key in sorted(plots):
+        if key.startswith("recon_"):
+            _, task, *exam = key.split("_")
+            default = f"{'Cross-modal prediction' if task == 'crossmodal' else task.capitalize()}" + (
+                f", held-out exam {exam[0]}" if exam else "")
+            reconstructions.append({"key": key, "task": task, "caption": captions.get(key, default)})
+    probe_rows = []
+    for task, p in (metrics.get("probe") or {}).items():
+        probe_rows.append({"task": task, **p})
+    config = {k: v for k, v in (model_version.config or {}).items() if k != "plot_captions"}
+    return {
+        "final_losses": metrics.get("final_losses", {}),
+        "curves": "curves" in plots,
+        "reconstructions": reconstructions,
+        "probe": probe_rows,
+        "probe_note": metrics.get("probe_note", ""),
+        "retrieval": {"k": retrieval.get("k"), "labels": retrieval.get("labels", ""), "queries": queries,
+                      "note": retrieval.get("note", "")},
+        "n_exams_seen": len(model_version.exams_seen or []),
+        "n_embeddings": model_version.embeddings.count(),
+        "children": list(model_version.children.all()),
+        "config_yaml": yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100),
+        "training": metrics.get("training", {}),
+    }

@@ -12,11 +12,17 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         help_text="CV and external-site metrics with 95% CIs; per-case rows (cases, y_true, prob, "
                   "thresholds) only for exams of the sites where the user holds a data role")
 
+    n_exams_seen = serializers.SerializerMethodField(help_text="exams the training read (ids not listed)")
+
     class Meta:
         model = ModelVersion
         fields = ["id", "name", "version", "task", "family", "algorithm", "threshold", "features", "config",
-                  "metrics", "training_cohort", "external_site", "plots", "created_at"]
+                  "metrics", "training_cohort", "external_site", "plots", "artifact_sha256", "parent",
+                  "n_exams_seen", "created_at"]
         read_only_fields = fields
+
+    def get_n_exams_seen(self, obj) -> int:
+        return len(obj.exams_seen or [])
 
     @extend_schema_field({"type": "object", "additionalProperties": True})
     def get_metrics(self, obj) -> dict:
@@ -28,5 +34,5 @@ class PredictionSerializer(serializers.ModelSerializer):
     class Meta:
         model = Prediction
         fields = ["id", "model_version", "exam", "probability", "decision", "label", "threshold", "explanation",
-                  "warnings", "created_at"]
+                  "warnings", "maps", "created_at"]
         read_only_fields = fields

@@ -6,7 +6,7 @@ from django.views.generic import DetailView, ListView
 from apps.accounts.permissions import MODEL_ROLES, RoleRequiredMixin
 from apps.cohorts.services.store import media_path
 from apps.registry.models import ModelVersion
-from apps.registry.selectors import model_metrics_visible
+from apps.registry.selectors import foundation_summary, model_metrics_visible
 
 METRIC_ORDER = ["auc", "accuracy", "sensitivity", "specificity", "ppv", "npv"]
 
@@ -22,7 +22,7 @@ class ModelDetailView(RoleRequiredMixin, DetailView):
     required_roles = MODEL_ROLES
     template_name = "registry/model_detail.html"
     context_object_name = "model"
-    queryset = ModelVersion.objects.select_related("training_cohort", "external_site")
+    queryset = ModelVersion.objects.select_related("training_cohort", "external_site", "parent", "created_by")
 
     def get_context_data(self, **kwargs):
         ctx = super().get_context_data(**kwargs)
@@ -39,6 +39,8 @@ class ModelDetailView(RoleRequiredMixin, DetailView):
         ctx["evaluations"] = evaluations
         ctx["importance"] = list(metrics.get("importance", {}).items())[:10]
         ctx["n_predictions"] = self.object.predictions.count()
+        if self.object.family == "foundation" and self.object.task == "pretraining":
+            ctx["foundation"] = foundation_summary(self.request.user, self.object)
         return ctx
 
 

@@ -1,0 +1,654 @@
+"""Foundation models on the platform (issue 11): channel stacks from prepared exams, pretraining,
+registration of the encoder, and stored embeddings per exam.
+
+The library (:mod:`ml.foundation`) works on :class:`~ml.foundation.data.ExamStack` files; this module
+builds them from the exams' prepared volumes on the common grid (``Volume.space == "common"``: T1c,
+FLAIR, static and dynamic PET in SUV, masks), at the voxel size the encoder works on (the platform
+prepares at 2 mm; a 4 mm encoder reads 2 x 2 x 2 block means, which is exactly
+``common_grid(4)``). Stacks are cached under ``MEDIA_ROOT/cache/stacks/`` named by the SHA-256 of
+their source files, so a re-prepared exam gets a new stack and an unchanged one is read back; the
+labels (``meta``) are read from the database at every use (labels imported later count).
+
+Keys: an exam's key in the stack index is its primary key as a string; ``exams_seen``,
+embeddings and the probe's cases are exam primary keys, so the registry's site scoping applies.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max
+
+from apps.audit.services import audit_record
+from apps.cohorts.models import Cohort, Exam
+from apps.cohorts.services.store import StoreTransaction, media_path
+from apps.registry.models import ExamEmbedding, ModelVersion
+
+#: Bump when the way stacks are built from volumes changes (invalidates the cache).
+STACK_FORMAT = 1
+#: Prepared volumes a stack needs (``pet_dynamic`` is optional: early/late fall back to the static PET).
+REQUIRED_KINDS = ("t1c", "flair", "pet_static")
+#: Masks carried into the stack when the exam has them on the common grid.
+STACK_MASKS = ("tumor", "aggressive", "striatum", "background")
+PREPARED_VOXEL_MM = 2.0
+
+Progress = Callable[[float, str], None]
+
+
+class FoundationError(ValueError):
+    """A foundation-model run cannot start or finish (unknown cohort, unprepared exams, bad config)."""
+
+
+def _noop(pct: float, msg: str = "") -> None:
+    return None
+
+
+# --- channel stacks from prepared exams ------------------------------------------------------------
+
+def exam_meta(exam: Exam) -> dict[str, str]:
+    """The stack's labels of ``exam`` (``"n/a"`` where unknown), as :data:`ml.foundation.data.INDEX_COLUMNS`."""
+    patient = exam.patient
+    return {
+        "site": patient.site.name,
+        "patient": str(patient.pk),
+        "exam": str(exam.pk),
+        "timepoint": exam.timepoint,
+        "diagnosis": exam.diagnosis if exam.diagnosis != "unknown" else "n/a",
+        "idh": patient.idh or "n/a",
+        "codeletion_1p19q": patient.codeletion_1p19q or "n/a",
+        "who_grade": str(patient.who_grade) if patient.who_grade else "n/a",
+    }
+
+
+def _sources(exam: Exam) -> tuple[dict[str, Any], dict[str, Any]]:
+    volumes = {v.kind: v for v in exam.volumes.filter(space="common")}
+    missing = [k for k in REQUIRED_KINDS if k not in volumes]
+    if missing:
+        raise FoundationError(f"exam {exam} (id {exam.pk}) has no prepared {', '.join(missing)} on the common "
+                              "grid (run prepare_exams first)")
+    masks: dict[str, Any] = {}
+    for mask in exam.masks.filter(space="common", kind__in=STACK_MASKS).order_by("kind", "pk"):
+        masks.setdefault(mask.kind, mask)
+    return volumes, masks
+
+
+def _block_mean(array: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over ``factor``^3 blocks of the first three axes (2 mm -> 4 mm common grid)."""
+    if factor == 1:
+        return array
+    x, y, z = (n // factor for n in array.shape[:3])
+    rest = array.shape[3:]
+    a = array[:x * factor, :y * factor, :z * factor].reshape(x, factor, y, factor, z, factor, *rest)
+    return a.mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
+
+
+def _factor(voxel_mm: float) -> int:
+    ratio = voxel_mm / PREPARED_VOXEL_MM
+    if ratio < 1 or not math.isclose(ratio, round(ratio)):
+        raise FoundationError(f"voxel size {voxel_mm:g} mm: the encoder must work on a multiple of the prepared "
+                              f"{PREPARED_VOXEL_MM:g} mm grid")
+    return int(round(ratio))
+
+
+def _cache_path(exam: Exam, digest: str, voxel_mm: float) -> Path:
+    return Path(settings.MEDIA_ROOT) / "cache" / "stacks" / f"{voxel_mm:g}mm" / f"exam{exam.pk}-{digest[:16]}.npz"
+
+
+def exam_stack_path(*, exam: Exam, voxel_mm: float = 4.0) -> Path:
+    """The cached stack file of ``exam`` at ``voxel_mm`` (built from its prepared volumes if needed).
+
+    Raises:
+        FoundationError: the exam is not prepared (no common T1c, FLAIR or static PET) or its
+            volumes cannot make a stack (named).
+    """
+    from ml.foundation.data import save_stack, stack_from_arrays
+    from ml.io.grid import common_grid
+    from ml.io.nifti import load_nifti
+
+    factor = _factor(voxel_mm)
+    volumes, masks = _sources(exam)
+    parts = [f"format={STACK_FORMAT}", f"voxel={voxel_mm:g}"]
+    parts += [f"{k}={v.sha256}" for k, v in sorted(volumes.items())]
+    parts += [f"mask:{k}={m.sha256}" for k, m in sorted(masks.items())]
+    digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    path = _cache_path(exam, digest, voxel_mm)
+    if path.is_file():
+        return path
+    grid = common_grid(voxel_mm)
+
+    def read(field) -> np.ndarray:
+        return _block_mean(load_nifti(media_path(field.name)).array, factor)
+
+    arrays: dict[str, Any] = {"t1c": read(volumes["t1c"].file), "flair": read(volumes["flair"].file),
+                              "suv": read(volumes["pet_static"].file)}
+    dyn = volumes.get("pet_dynamic")
+    if dyn is not None:
+        arrays.update(suv_dynamic=read(dyn.file), frame_start_s=dyn.frame_start_s,
+                      frame_duration_s=dyn.frame_duration_s)
+    mask_arrays = {k: read(m.file) >= 0.5 for k, m in masks.items()}
+    try:
+        stack = stack_from_arrays(affine=grid.affine, masks=mask_arrays, key=str(exam.pk), meta=exam_meta(exam),
+                                  **arrays)
+    except ValueError as exc:
+        raise FoundationError(f"exam {exam} (id {exam.pk}): {exc}") from exc
+    for old in path.parent.glob(f"exam{exam.pk}-*.npz"):  # stacks of an earlier preparation
+        old.unlink(missing_ok=True)
+    return save_stack(stack, path)
+
+
+def exam_stack(*, exam: Exam, voxel_mm: float = 4.0):
+    """The :class:`~ml.foundation.data.ExamStack` of ``exam`` with its current labels (see module doc)."""
+    from ml.foundation.data import load_stack
+
+    stack = load_stack(exam_stack_path(exam=exam, voxel_mm=voxel_mm))
+    return dataclasses.replace(stack, key=str(exam.pk), meta=exam_meta(exam))
+
+
+def stack_index(*, exams: Iterable[Exam], voxel_mm: float = 4.0,
+                progress: Progress | None = None) -> tuple[pd.DataFrame, list[dict]]:
+    """The stack index (:func:`ml.foundation.data.load_index` layout, key = exam id) of prepared ``exams``.
+
+    Exams without prepared volumes are left out and returned as ``[{exam, reason}]``.
+    """
+    from ml.foundation.data import INDEX_COLUMNS
+
+    report = progress or _noop
+    exams = list(exams)
+    rows, skipped = [], []
+    for i, exam in enumerate(exams):
+        report(100.0 * i / max(1, len(exams)), f"Channel stack of exam {exam.pk} ({i + 1}/{len(exams)})")
+        try:
+            path = exam_stack_path(exam=exam, voxel_mm=voxel_mm)
+        except FoundationError as exc:
+            skipped.append({"exam": exam.pk, "reason": str(exc)})
+            continue
+        rows.append({"key": str(exam.pk), **exam_meta(exam), "path": str(path)})
+    index = pd.DataFrame(rows, columns=["key", *INDEX_COLUMNS]).set_index("key")
+    return index, skipped
+
+
+# --- embeddings per exam -----------------------------------------------------------------------------
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An ``.npz`` (uncompressed zip of ``.npy``) with fixed member dates: equal arrays, equal bytes,
+    so the content-addressed store keeps one file per distinct embedding."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, array in arrays.items():
+            member = io.BytesIO()
+            np.save(member, np.ascontiguousarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, member.getvalue())
+    return buf.getvalue()
+
+
+def _foundation_checkpoint(model_version: ModelVersion) -> Path:
+    if model_version.family != "foundation":
+        raise FoundationError(f"{model_version} is a {model_version.family} model, not a foundation encoder")
+    path = media_path(model_version.artifact.name) if model_version.artifact else None
+    if path is None or not path.is_file():
+        raise FoundationError(f"{model_version}: its checkpoint {model_version.artifact.name!r} is missing")
+    return path
+
+
+def _select_exams(cohort: str | None, exams: Iterable[Exam] | None) -> tuple[list[Exam], str]:
+    if (cohort is None) == (exams is None):
+        raise FoundationError("give a cohort or a list of exams")
+    if cohort is not None:
+        cohort_obj = Cohort.objects.filter(name=cohort).first()
+        if cohort_obj is None:
+            raise FoundationError(f"no cohort named {cohort!r}")
+        return list(cohort_obj.exams.select_related("patient__site").order_by("pk")), f"cohort {cohort}"
+    chosen = list(exams)
+    return chosen, f"{len(chosen)} exams"
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingsReport:
+    """What :func:`embeddings_compute` did.
+
+    Attributes:
+        created: exams embedded for the first time.
+        updated: exams whose stored embedding changed (their preparation changed).
+        unchanged: exams whose embedding came out identical.
+        skipped: ``[{exam, reason}]`` for exams that could not be encoded (not prepared...).
+    """
+
+    created: int
+    updated: int
+    unchanged: int
+    skipped: list[dict]
+
+    @property
+    def n(self) -> int:
+        return self.created + self.updated + self.unchanged
+
+
+def embeddings_compute(*, model_version: ModelVersion, cohort: str | None = None,
+                       exams: Iterable[Exam] | None = None, user=None,
+                       progress: Progress | None = None) -> EmbeddingsReport:
+    """Encode every prepared exam of ``cohort`` (or ``exams``) with a foundation version; store
+    one :class:`~apps.registry.models.ExamEmbedding` per exam (idempotent: a re-run stores nothing
+    new unless an exam's preparation changed).
+
+    Raises:
+        FoundationError: not a foundation version, checkpoint missing or unreadable, no cohort,
+            or no exam could be encoded.
+    """
+    from ml.foundation.model import encode, load_encoder
+
+    report = progress or _noop
+    checkpoint = _foundation_checkpoint(model_version)
+    chosen, where = _select_exams(cohort, exams)
+    if not chosen:
+        raise FoundationError(f"{where} has no exams")
+    try:
+        encoder, _ = load_encoder(checkpoint)
+    except ValueError as exc:
+        raise FoundationError(f"{model_version}: {exc}") from exc
+    voxel_mm = float(encoder.config.voxel_mm)
+    existing = {e.exam_id: e for e in ExamEmbedding.objects.filter(model_version=model_version,
+                                                                      exam__in=chosen)}
+    created = updated = unchanged = 0
+    skipped: list[dict] = []
+    store = StoreTransaction()
+    try:
+        for i, exam in enumerate(chosen):
+            report(5 + 90.0 * i / len(chosen), f"Encoding exam {exam.pk} ({i + 1}/{len(chosen)})")
+            try:
+                stack = exam_stack(exam=exam, voxel_mm=voxel_mm)
+            except FoundationError as exc:
+                skipped.append({"exam": exam.pk, "reason": str(exc)})
+                continue
+            emb = encode(encoder, stack)
+            name, sha = store.put_bytes(_npz_bytes({"patches": emb.patches, "patch_affine": emb.patch_affine,
+                                                     "pooled": emb.pooled}),
+                                        category="embeddings", suffix=".npz")
+            fields = {"dim": int(emb.pooled.shape[0]), "pooled": [float(v) for v in emb.pooled],
+                      "patches": name, "patches_sha256": sha, "grid_shape": list(emb.grid_shape),
+                      "patch_affine": np.asarray(emb.patch_affine, dtype=float).tolist(), "voxel_mm": voxel_mm}
+            old = existing.get(exam.pk)
+            if old is not None and old.patches_sha256 == sha:
+                unchanged += 1
+                continue
+            with transaction.atomic():
+                ExamEmbedding.objects.update_or_create(model_version=model_version, exam=exam, defaults=fields)
+            if old is None:
+                created += 1
+            else:
+                updated += 1
+        if created + updated + unchanged == 0:
+            raise FoundationError(f"{where}: no exam could be encoded: "
+                                  + "; ".join(s["reason"] for s in skipped[:3]))
+        audit_record(action="embeddings.compute", actor=user, target=model_version,
+                     details={"where": where, "created": created, "updated": updated, "unchanged": unchanged,
+                              "skipped": [s["exam"] for s in skipped]})
+    except BaseException:
+        store.rollback()
+        raise
+    report(100, f"{created + updated + unchanged} exams embedded")
+    return EmbeddingsReport(created=created, updated=updated, unchanged=unchanged, skipped=skipped)
+
+
+# --- pretraining -------------------------------------------------------------------------------------
+
+#: Labels the linear probe and the retrieval use: task -> (time point, positive label).
+PROBE_TASKS = {"progression": ("suspected_recurrence", "progression"), "idh": ("initial_diagnosis", "mutant")}
+
+
+def _config_dict(config: dict | str | Path) -> dict:
+    """The run's configuration as a plain dict, validated by :class:`ml.foundation.config.PretrainConfig`."""
+    from ml.foundation.config import PretrainConfig, load_config
+
+    try:
+        if isinstance(config, dict):
+            return PretrainConfig.from_dict(json.loads(json.dumps(config))).to_dict()
+        return load_config(config).to_dict()
+    except (TypeError, ValueError) as exc:
+        raise FoundationError(f"pretraining config: {exc}") from exc
+
+
+def _split_patients(index: pd.DataFrame, fraction: float, seed: int) -> set[str]:
+    """Patients held out of pretraining (``fraction`` of them, at least one when there are 3+), seeded."""
+    patients = sorted(set(index["patient"]))
+    n = int(round(fraction * len(patients)))
+    if fraction > 0 and n == 0 and len(patients) >= 3:
+        n = 1
+    rng = np.random.default_rng(seed)
+    return set(rng.permutation(patients)[:n].tolist())
+
+
+def _resolve_init(init: str | int | None) -> tuple[Path | None, ModelVersion | None]:
+    """``--init``: a model version id (its checkpoint, parent = that version) or a local checkpoint
+    file (parent = the registered version with the same SHA-256, if any)."""
+    if init in (None, ""):
+        return None, None
+    text = str(init)
+    if text.isdigit():
+        parent = ModelVersion.objects.filter(pk=int(text)).first()
+        if parent is None:
+            raise FoundationError(f"--init {text}: no model version with that id")
+        return _foundation_checkpoint(parent), parent
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise FoundationError(f"--init {text}: no such checkpoint file (nothing is downloaded: give a local file "
+                              "or a model version id)")
+    from ml.foundation.model import file_sha256
+
+    sha = file_sha256(path)
+    return path, ModelVersion.objects.filter(artifact_sha256=sha).order_by("pk").first()
+
+
+def _run_dir(key: str) -> Path:
+    return Path(settings.MEDIA_ROOT) / "runs" / "foundation" / key
+
+
+def _next_version(name: str) -> int:
+    return (ModelVersion.objects.select_for_update().filter(name=name).aggregate(v=Max("version"))["v"] or 0) + 1
+
+
+def _log_new_epochs(metrics_file: Path, logged: dict, epochs: int, write_log: Callable[[str], None]) -> None:
+    """Write the epochs that appeared in the run's ``metrics.jsonl`` as job log lines (per-task losses)."""
+    if not metrics_file.is_file():
+        return
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    for row in rows[logged["epochs"]:]:
+        tasks = "  ".join(f"{k} {row[k]:.4f}" for k in ("inpainting", "crossmodal", "contrastive") if k in row)
+        write_log(f"epoch {int(row['epoch'])}/{epochs}: loss {row['loss']:.4f}  {tasks}  "
+                  f"({row.get('volumes_per_s', 0):.1f} volumes/s)")
+    logged["epochs"] = len(rows)
+
+
+def foundation_pretrain(*, cohort: str, config: dict | str | Path, init: str | int | None = None,
+                        resume: bool = False, held_out: float = 0.2, name: str = "foundation-vit",
+                        k: int = 5, user=None, progress: Progress | None = None,
+                        log: Callable[[str], None] | None = None, run_key: str | None = None) -> ModelVersion:
+    """Pretrain a foundation encoder on a cohort's prepared exams and register it.
+
+    Steps: the channel stacks of the cohort's prepared exams at the encoder's voxel size; a
+    seeded ``held_out`` fraction of the patients kept out of pretraining; :func:`ml.foundation.pretrain`
+    on the rest (its run folder under ``MEDIA_ROOT/runs/foundation/<key>``, where ``key`` follows
+    from the config, cohort, exams and initialisation, so ``resume=True`` continues the same run);
+    then the representation's quality (:func:`_evaluate`: linear probe vs a random encoder,
+    retrieval, reconstructions of held-out exams, training curves). The version stores the
+    checkpoint with its SHA-256, the config, the exams seen, the parent (``init``), metrics and plots.
+
+    Args:
+        cohort: cohort name.
+        config: a :class:`~ml.foundation.config.PretrainConfig` as a dict, or a YAML file.
+        init: a model version id or a local checkpoint file to start from (matching weights are
+            loaded, the rest reported; nothing is downloaded).
+        resume: continue the run of the same key from its last checkpoint.
+        held_out: fraction of the patients kept out of pretraining (reconstructions, retrieval queries).
+        name: the registered model's name (versions count up per name).
+        k: neighbours shown per retrieval query.
+        progress: ``callable(percent, message)``; ``log``: ``callable(line)`` for per-epoch losses.
+
+    Raises:
+        FoundationError: unknown cohort, bad config, no prepared exam, bad ``init``.
+    """
+    from ml.foundation import train as ml_train
+    from ml.foundation.config import PretrainConfig
+
+    report = progress or _noop
+    write_log = log or (lambda line: None)
+    cohort_obj = Cohort.objects.filter(name=cohort).first()
+    if cohort_obj is None:
+        raise FoundationError(f"no cohort named {cohort!r}")
+    cfg = _config_dict(config)
+    run_config = PretrainConfig.from_dict(cfg)
+    voxel_mm = float(run_config.encoder.voxel_mm)
+    init_path, parent = _resolve_init(init)
+    exams = list(cohort_obj.exams.select_related("patient__site").order_by("pk"))
+    if not exams:
+        raise FoundationError(f"cohort {cohort!r} has no exams")
+    report(1, f"Channel stacks of {len(exams)} exams at {voxel_mm:g} mm")
+    index, skipped = stack_index(exams=exams, voxel_mm=voxel_mm,
+                                 progress=lambda pct, msg="": report(1 + 0.09 * pct, msg))
+    for s in skipped:
+        write_log(f"exam {s['exam']} left out: {s['reason']}")
+    if index.empty:
+        raise FoundationError(f"cohort {cohort!r}: no prepared exam (run prepare_exams first)"
+                              + (f"; {skipped[0]['reason']}" if skipped else ""))
+    held = _split_patients(index, held_out, run_config.seed)
+    train_index = index[~index["patient"].isin(held)]
+    if train_index.empty:
+        raise FoundationError(f"cohort {cohort!r}: no patient left to pretrain on (held_out={held_out})")
+    key_src = json.dumps({"config": cfg, "cohort": cohort, "exams": list(train_index.index),
+                          "init": str(init_path and init_path.resolve()), "held_out": held_out}, sort_keys=True)
+    run_key = run_key or hashlib.sha256(key_src.encode()).hexdigest()[:16]
+    run_dir = _run_dir(run_key)
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    write_log(f"pretraining on {len(train_index)} exams of {train_index['patient'].nunique()} patients; "
+              f"{len(index) - len(train_index)} exams of {len(held)} patients held out; run folder {run_dir.name}")
+
+    logged = {"epochs": 0}
+
+    def train_progress(fraction: float, msg: str = "") -> None:
+        report(10 + 75 * fraction, msg)
+        if msg.startswith("init from"):
+            write_log(msg)
+        _log_new_epochs(run_dir / "metrics.jsonl", logged, run_config.epochs, write_log)
+
+    try:
+        result = ml_train.pretrain(run_config, train_index, out_dir=run_dir, progress=train_progress,
+                                   resume=resume, init_checkpoint=init_path)
+    except ValueError as exc:
+        raise FoundationError(f"pretraining: {exc}") from exc
+    _log_new_epochs(run_dir / "metrics.jsonl", logged, run_config.epochs, write_log)
+    if result.init is not None:
+        for tensor, reason in result.init.skipped:
+            write_log(f"init: skipped {tensor} ({reason})")
+        if result.init.not_initialised:
+            write_log(f"init: {len(result.init.not_initialised)} tensors left at random init: "
+                      + ", ".join(result.init.not_initialised[:10]))
+    if result.stopped_early:
+        write_log(f"stopped by max_minutes after epoch {len(result.history)} of {run_config.epochs}")
+    report(86, "Probing the representation")
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics, plot_files, captions = _evaluate(result=result, index=index, held=held, run_config=run_config,
+                                                  out=Path(tmp), k=k, report=report, write_log=write_log)
+        report(97, "Registering the encoder")
+        store = StoreTransaction()
+        try:
+            checkpoint, sha = store.put_file(result.checkpoint, category="models")
+            plots = {key: store.put_file(path, category="plots")[0] for key, path in plot_files.items()}
+            with transaction.atomic():
+                mv = ModelVersion.objects.create(
+                    name=name, version=_next_version(name), task="pretraining", family="foundation",
+                    algorithm="vit-ssl", threshold=None, features=[],
+                    config=cfg | {"plot_captions": captions, "platform": {
+                        "cohort": cohort, "held_out_fraction": held_out, "held_out_patients": sorted(held),
+                        "init": str(init) if init not in (None, "") else None, "run_key": run_key,
+                        "voxel_mm": voxel_mm}},
+                    metrics=metrics, training_cohort=cohort_obj, artifact=checkpoint, artifact_sha256=sha,
+                    parent=parent, exams_seen=[int(k_) for k_ in result.exams_seen], plots=plots, created_by=user,
+                )
+                audit_record(action="model.register", actor=user, target=mv,
+                             details={"cohort": cohort, "algorithm": "vit-ssl", "artifact_sha256": sha,
+                                      "parent": parent.pk if parent else None,
+                                      "exams_seen": len(mv.exams_seen)})
+        except BaseException:
+            store.rollback()
+            raise
+    report(100, f"Registered {mv}")
+    return mv
+
+
+# --- the representation's quality ------------------------------------------------------------------
+
+def _exam_label(row: pd.Series) -> str:
+    """What retrieval shows of an exam: the diagnosis at recurrence, the IDH status at diagnosis."""
+    if row["timepoint"] == "suspected_recurrence":
+        return row["diagnosis"]
+    return f"IDH {row['idh']}"
+
+
+def _probe_task(task: str, index: pd.DataFrame, pooled: dict[str, dict[str, np.ndarray]], held: set[str],
+                seed: int) -> dict:
+    """Logistic regression on frozen pooled embeddings: trained on the exams of patients seen in
+    pretraining, tested on the held-out patients' (split by patient); AUC with a 95% bootstrap CI,
+    for the trained encoder and for the random one."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from ml.classical.metrics import bootstrap_metrics
+
+    timepoint, positive = PROBE_TASKS[task]
+    column = "diagnosis" if task == "progression" else "idh"
+    rows = index[(index["timepoint"] == timepoint) & (index[column] != "n/a")]
+    test = rows[rows["patient"].isin(held)]
+    train = rows[~rows["patient"].isin(held)]
+    y_train = (train[column] == positive).to_numpy().astype(int)
+    y_test = (test[column] == positive).to_numpy().astype(int)
+    if len(set(y_train)) < 2:
+        return {"error": f"one class only among the {len(train)} labelled training exams"}
+    if len(set(y_test)) < 2:
+        return {"error": f"one class only among the {len(test)} labelled exams of held-out patients"}
+    out: dict[str, Any] = {"n_train": len(train), "n_train_patients": int(train["patient"].nunique()),
+                           "n_test": len(test), "n_test_patients": int(test["patient"].nunique()),
+                           "n_test_positive": int(y_test.sum()), "positive": positive,
+                           "cases": [int(k) for k in test.index], "y_true": y_test.tolist()}
+    for which, vectors in pooled.items():
+        x_train = np.stack([vectors[k] for k in train.index])
+        x_test = np.stack([vectors[k] for k in test.index])
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+        prob = model.fit(x_train, y_train).predict_proba(x_test)[:, 1]
+        auc = bootstrap_metrics(y_test, prob, 0.5, n_boot=1000, seed=seed)["auc"]
+        out[which] = {"estimate": auc.estimate, "lower": auc.lower, "upper": auc.upper}
+        out[f"prob_{which}"] = [float(p) for p in prob]
+    out["difference"] = out["encoder"]["estimate"] - out["random"]["estimate"]
+    return out
+
+
+def _retrieval(index: pd.DataFrame, vectors: dict[str, np.ndarray], held: set[str], k: int,
+               max_queries: int = 10) -> dict:
+    """For held-out exams (or the first exams without any), the ``k`` most cosine-similar exams of
+    other patients with their labels."""
+    keys = list(index.index)
+    matrix = np.stack([vectors[key] for key in keys]).astype(np.float64)
+    matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    sims = matrix @ matrix.T
+    held_keys = [key for key in keys if index.loc[key, "patient"] in held]
+    queries = held_keys[:max_queries] or keys[:max_queries]
+    note = "" if held_keys else "No patient was held out: the queries are exams seen in pretraining."
+    out = []
+    for q in queries:
+        i = keys.index(q)
+        others = [j for j in np.argsort(-sims[i], kind="stable")
+                  if index.iloc[j]["patient"] != index.loc[q, "patient"]][:k]
+        out.append({"exam": int(q), "label": _exam_label(index.loc[q]), "neighbours": [
+            {"exam": int(keys[j]), "label": _exam_label(index.iloc[j]), "similarity": float(sims[i, j])}
+            for j in others]})
+    return {"k": k, "labels": "diagnosis at recurrence, IDH status at initial diagnosis", "queries": out,
+            "note": note}
+
+
+def _curves_png(history: list[dict], path: Path) -> Path:
+    """Loss per pretext task and epoch (the weighted total dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    epochs = [row["epoch"] for row in history]
+    for key in ("inpainting", "crossmodal", "contrastive", "loss"):
+        if all(key in row for row in history):
+            ax.plot(epochs, [row[key] for row in history], marker="o", label="total" if key == "loss" else key,
+                    linestyle="--" if key == "loss" else "-")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _evaluate(*, result, index: pd.DataFrame, held: set[str], run_config, out: Path, k: int,
+              report: Progress, write_log: Callable[[str], None]) -> tuple[dict, dict[str, Path], dict[str, str]]:
+    """Metrics, plot files and their captions of a finished pretraining run (see foundation_pretrain)."""
+    import torch
+
+    from ml.foundation.data import load_stack
+    from ml.foundation.model import FoundationEncoder, encode, load_encoder
+
+    history = [dict(row) for row in result.history]
+    final = {key: float(history[-1][key]) for key in ("loss", "inpainting", "crossmodal", "contrastive")
+             if history and key in history[-1]}
+    metrics: dict[str, Any] = {
+        "final_losses": final,
+        "history": history,
+        "training": {"epochs": len(history), "seconds": float(result.seconds),
+                     "stopped_early": bool(result.stopped_early),
+                     "held_out": int(index["patient"].isin(held).sum()),
+                     "volumes_per_s": float(history[-1].get("volumes_per_s", 0.0)) if history else 0.0,
+                     "device": "cuda" if torch.cuda.is_available() and run_config.device != "cpu" else "cpu"},
+    }
+    encoder, _ = load_encoder(result.checkpoint)
+    torch.manual_seed(run_config.seed)
+    random_encoder = FoundationEncoder(run_config.encoder).eval()
+    pooled: dict[str, dict[str, np.ndarray]] = {"encoder": {}, "random": {}}
+    stacks = {}
+    for i, (key, row) in enumerate(index.iterrows()):
+        report(86 + 8.0 * i / len(index), f"Embeddings for the probe ({i + 1}/{len(index)})")
+        stack = load_stack(row["path"])
+        stacks[key] = stack
+        pooled["encoder"][key] = encode(encoder, stack).pooled
+        pooled["random"][key] = encode(random_encoder, stack).pooled
+    metrics["probe"] = {task: _probe_task(task, index, pooled, held, run_config.seed) for task in PROBE_TASKS}
+    for task, row in metrics["probe"].items():
+        if "error" in row:
+            write_log(f"probe {task}: not computed ({row['error']})")
+        else:
+            write_log(f"probe {task}: AUC {row['encoder']['estimate']:.3f} vs random encoder "
+                      f"{row['random']['estimate']:.3f} on {row['n_test']} exams of held-out patients")
+    metrics["retrieval"] = _retrieval(index, pooled["encoder"], held, k)
+    plots: dict[str, Path] = {"curves": _curves_png(history, out / "curves.png")} if history else {}
+    captions: dict[str, str] = {}
+    report(95, "Reconstructions of held-out exams")
+    plots_recon, captions_recon = _reconstructions(result.checkpoint, index, stacks, held, out, write_log)
+    plots |= plots_recon
+    captions |= captions_recon
+    return metrics, plots, captions
+
+
+def _reconstructions(checkpoint: Path, index: pd.DataFrame, stacks: dict, held: set[str], out: Path,
+                     write_log: Callable[[str], None], n_exams: int = 2) -> tuple[dict[str, Path], dict[str, str]]:
+    """Input / masked / output figures of the pretext decoders on up to ``n_exams`` held-out exams."""
+    try:
+        from ml.foundation.probe import reconstruction_png
+    except ImportError:
+        write_log("reconstructions: ml.foundation.probe.reconstruction_png is not available in this version")
+        return {}, {}
+    keys = [key for key in index.index if index.loc[key, "patient"] in held][:n_exams]
+    seen = not keys
+    keys = keys or list(index.index[:1])
+    plots, captions = {}, {}
+    for key in keys:
+        for task, title in (("inpainting", "Masked inpainting"), ("crossmodal", "Cross-modal prediction")):
+            name = f"recon_{task}_{key}"
+            plots[name] = reconstruction_png(checkpoint, stacks[key], out / f"{name}.png", task=task)
+            captions[name] = (f"{title}, exam {key} ({index.loc[key, 'timepoint'].replace('_', ' ')}"
+                              f"{', seen in pretraining' if seen else ', held-out patient'})")
+    return plots, captions

@@ -1,0 +1,57 @@
+from pathlib import Path
+
+import yaml
+from django.core.management.base import BaseCommand, CommandError
+
+from apps.jobs.cli import run_job_with_bar
+from apps.registry.models import ModelVersion
+
+
+class Command(BaseCommand):
+    help = (
+        "Self-supervised pretraining of the PET + MRI foundation encoder (3D ViT; masked inpainting, "
+        "cross-modal prediction, contrastive) on a cohort's prepared exams, run here with a progress bar "
+        "(the same job a GPU worker runs). Registers a model version with its checkpoint and SHA-256, "
+        "config, exams seen, parent, per-task losses, linear probe vs a random encoder, retrieval and "
+        "reconstructions. For several GPUs use torchrun (docs/deploy.md)."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--config", required=True, help="YAML pretraining config (configs/foundation/*.yaml)")
+        parser.add_argument("--cohort", required=True, help="cohort name")
+        parser.add_argument("--init", help="start from a local checkpoint file or a registered model version id "
+                                           "(matching weights loaded, the rest reported; nothing is downloaded)")
+        parser.add_argument("--resume", action="store_true",
+                            help="continue the same run (same config, cohort and init) from its last checkpoint")
+        parser.add_argument("--held-out", type=float, default=0.2,
+                            help="fraction of patients kept out of pretraining (reconstructions, retrieval)")
+        parser.add_argument("--name", default="foundation-vit", help="registered model name")
+        parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def handle(self, *args, **opts):
+        path = Path(opts["config"])
+        if not path.is_file():
+            raise CommandError(f"{path}: no such config file")
+        try:
+            config = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise CommandError(f"{path}: not valid YAML ({exc})") from exc
+        if not isinstance(config, dict):
+            raise CommandError(f"{path}: expected a mapping of config keys")
+        if not 0 <= opts["held_out"] < 1:
+            raise CommandError(f"--held-out must be in [0, 1), got {opts['held_out']}")
+        job = run_job_with_bar(self, kind="pretrain", quiet=opts["quiet"], params={
+            "config": config, "config_file": path.name, "cohort": opts["cohort"], "init": opts["init"],
+            "resume": opts["resume"], "held_out": opts["held_out"], "name": opts["name"],
+        })
+        mv = ModelVersion.objects.get(pk=job.result["model"])
+        self.stdout.write(self.style.SUCCESS(f"{job.result['message']} — model id {mv.pk}"))
+        if not opts["quiet"] and job.log:
+            self.stdout.write(job.log.rstrip())
+        for task, p in (mv.metrics.get("probe") or {}).items():
+            if "error" in p:
+                self.stdout.write(f"  probe {task}: {p['error']}")
+            else:
+                self.stdout.write(
+                    f"  probe {task}: AUC {p['encoder']['estimate']:.3f} [{p['encoder']['lower']:.3f}, "
+                    f"{p['encoder']['upper']:.3f}] vs random encoder {p['random']['estimate']:.3f}")

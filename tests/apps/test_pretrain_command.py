@@ -1,0 +1,156 @@
+"""``manage.py pretrain`` inline on a tiny prepared cohort with a tiny config (issue 11): the registered
+encoder (checkpoint and its SHA-256, config, exams seen, held-out patients, parent), per-task losses in
+the job log, probe / retrieval / reconstructions / curves, resume and init; bad input as CommandError."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from django.core.management import CommandError, call_command
+from django.urls import reverse
+
+from apps.cohorts.models import Exam
+from apps.cohorts.services.bids import bids_import
+from apps.cohorts.services.prepare import exam_prepare
+from apps.cohorts.services.store import media_path
+from apps.jobs.models import Job
+from apps.registry.models import ModelVersion
+from ml.foundation.model import file_sha256, load_encoder
+from tests.factories import ModelVersionFactory, SiteFactory, user_with
+
+pytestmark = pytest.mark.django_db
+
+TINY = {
+    "seed": 1, "epochs": 2, "batch_size": 2, "lr": 1e-3, "warmup_epochs": 0, "noise_std": 0.0,
+    "encoder": {"img_size": [16, 16, 16], "patch_size": 8, "hidden_size": 24, "mlp_dim": 48, "num_layers": 1,
+                "num_heads": 2, "voxel_mm": 4.0},
+    "pretext": {"decoder_hidden_size": 16, "decoder_layers": 1, "decoder_heads": 2, "decoder_mlp_dim": 32,
+                "proj_dim": 16},
+}
+
+
+def _config(tmp_path: Path, **changes) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY | changes))
+    return path
+
+
+def test_pretrain_inline_registers_the_encoder(generated_bids, tmp_path, capsys):
+    bids_import(path=generated_bids, cohort_name="tiny")
+    exams = list(Exam.objects.order_by("pk"))
+    for exam in exams[:-1]:  # the last one stays unprepared: left out, with the reason in the log
+        exam_prepare(exam=exam)
+    config = _config(tmp_path)
+    call_command("pretrain", "--config", str(config), "--cohort", "tiny", "--held-out", "0.25")
+    out = capsys.readouterr().out
+    mv = ModelVersion.objects.get(name="foundation-vit")
+    assert f"model id {mv.pk}" in out
+    assert (mv.task, mv.family, mv.threshold, mv.version) == ("pretraining", "foundation", None, 1)
+    # the checkpoint is stored with its SHA-256 and loads as an encoder with the config's sizes
+    checkpoint = media_path(mv.artifact.name)
+    assert file_sha256(checkpoint) == mv.artifact_sha256
+    encoder, run_config = load_encoder(checkpoint)
+    assert encoder.config.hidden_size == 24 and run_config["seed"] == 1
+    assert mv.config["epochs"] == 2 and mv.config["encoder"]["img_size"] == [16, 16, 16]
+    # one of the 4 patients is held out of pretraining; the unprepared exam is left out
+    held = mv.config["platform"]["held_out_patients"]
+    assert len(held) == 1
+    seen = Exam.objects.filter(pk__in=mv.exams_seen)
+    assert exams[-1].pk not in mv.exams_seen and not seen.filter(patient__pk__in=map(int, held)).exists()
+    assert len(mv.exams_seen) == sum(1 for e in exams[:-1] if str(e.patient.pk) not in held)
+    assert mv.training_cohort.name == "tiny" and mv.parent is None
+    # per-task losses, per epoch, in the job log (shown on the jobs page)
+    job = Job.objects.get(kind="pretrain")
+    assert job.status == "succeeded" and job.params["config"]["seed"] == 1
+    for epoch in (1, 2):
+        assert f"epoch {epoch}/2: loss" in job.log
+    assert "inpainting" in job.log and "crossmodal" in job.log and "contrastive" in job.log
+    assert f"exam {exams[-1].pk} left out" in job.log
+    assert set(mv.metrics["final_losses"]) == {"loss", "inpainting", "crossmodal", "contrastive"}
+    assert all(v > 0 for v in mv.metrics["final_losses"].values())
+    # the representation's quality: a probe row per task (AUCs with CIs, or why not), retrieval
+    assert set(mv.metrics["probe"]) == {"progression", "idh"}
+    for row in mv.metrics["probe"].values():
+        assert "error" in row or (0 <= row["encoder"]["lower"] <= row["encoder"]["estimate"]
+                                  <= row["encoder"]["upper"] <= 1 and "estimate" in row["random"])
+    queries = mv.metrics["retrieval"]["queries"]
+    assert queries and all(len(q["neighbours"]) >= 1 for q in queries)
+    patient_of = {e.pk: e.patient_id for e in exams}
+    for q in queries:  # neighbours are other patients' exams, most similar first
+        sims = [n["similarity"] for n in q["neighbours"]]
+        assert sims == sorted(sims, reverse=True)
+        assert all(patient_of[n["exam"]] != patient_of[q["exam"]] for n in q["neighbours"])
+    assert "curves" in mv.plots
+    assert any(k.startswith("recon_inpainting_") for k in mv.plots)
+    assert any(k.startswith("recon_crossmodal_") for k in mv.plots)
+    for stored in mv.plots.values():
+        assert media_path(stored).read_bytes()[:4] == b"\x89PNG"
+    # the page shows it to a researcher
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user_with("researcher", SiteFactory(name="nancy")))
+    html = client.get(reverse("registry:detail", args=[mv.pk])).content.decode()
+    assert "Linear probe" in html and mv.artifact_sha256 in html
+
+    # resume: the same run (config, cohort, exams) continues from its checkpoint; complete, it
+    # trains nothing more and registers the same weights
+    call_command("pretrain", "--config", str(config), "--cohort", "tiny", "--held-out", "0.25", "--quiet",
+                 "--resume")
+    resumed = ModelVersion.objects.get(name="foundation-vit", version=2)
+    assert resumed.artifact_sha256 == mv.artifact_sha256 and resumed.parent is None
+    # init from the first version: parent recorded, matching weights loaded
+    call_command("pretrain", "--config", str(config), "--cohort", "tiny", "--held-out", "0.25", "--quiet",
+                 "--init", str(mv.pk))
+    child = ModelVersion.objects.get(name="foundation-vit", version=3)
+    assert child.parent == mv
+    init_job = Job.objects.filter(kind="pretrain").order_by("-pk").first()
+    assert "init from" in init_job.log and "tensors loaded" in init_job.log
+    # the same checkpoint given as a file finds its registered version as the parent
+    call_command("pretrain", "--config", str(config), "--cohort", "tiny", "--held-out", "0.25", "--quiet",
+                 "--init", str(checkpoint), "--name", "from-file")
+    assert ModelVersion.objects.get(name="from-file").parent == mv
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cohort", "nope"], "no cohort named 'nope'"),
+    (["--cohort", "empty", "--init", "/nonexistent/ckpt.pt"], "no such checkpoint file"),
+    (["--cohort", "empty", "--init", "999999"], "no model version with that id"),
+    (["--cohort", "empty", "--held-out", "1.5"], "--held-out must be in"),
+    (["--cohort", "empty"], "has no exams"),
+])
+def test_pretrain_bad_input_is_a_command_error(tmp_path, args, message):
+    from tests.factories import CohortFactory
+
+    CohortFactory(name="empty")
+    with pytest.raises(CommandError, match=message):
+        call_command("pretrain", "--config", str(_config(tmp_path)), *args, "--quiet")
+
+
+@pytest.mark.parametrize("content, message", [
+    ("seed: [", "not valid YAML"),
+    ("- 1\n- 2\n", "expected a mapping"),
+    ("seeed: 1\n", "unknown keys"),
+    ("epochs: 0\n", "epochs must be >= 1"),
+])
+def test_pretrain_bad_config_is_a_command_error(tmp_path, content, message):
+    from tests.factories import CohortFactory
+
+    CohortFactory(name="empty")
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    with pytest.raises(CommandError, match=message):
+        call_command("pretrain", "--config", str(path), "--cohort", "empty", "--quiet")
+    with pytest.raises(CommandError, match="no such config file"):
+        call_command("pretrain", "--config", str(tmp_path / "missing.yaml"), "--cohort", "empty", "--quiet")
+
+
+def test_init_from_a_foundation_version_without_checkpoint_is_refused(tmp_path):
+    from tests.factories import CohortFactory
+
+    CohortFactory(name="empty")
+    mv = ModelVersionFactory(task="pretraining", family="foundation", threshold=None, artifact="models/gone.pt")
+    with pytest.raises(CommandError, match="checkpoint 'models/gone.pt' is missing"):
+        call_command("pretrain", "--config", str(_config(tmp_path)), "--cohort", "empty", "--init", str(mv.pk),
+                     "--quiet")

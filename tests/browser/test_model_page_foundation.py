@@ -1,0 +1,103 @@
+"""A researcher reads a pretrained foundation encoder's model page at 1280x720: provenance (parent,
+exams seen, checkpoint SHA-256) above the fold, nothing wider than the window (the SHA-256 and the
+YAML config wrap or scroll inside their box), every plot loads, the probe table puts the encoder
+beside the random encoder, and a retrieval neighbour opens its exam page."""
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+from PIL import Image, ImageDraw
+
+from apps.cohorts.services.store import StoreTransaction
+from tests.apps.test_registry_foundation import foundation_version
+from tests.factories import SiteFactory, user_with
+
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def http_server(settings):
+    from pytest_django.live_server_helper import LiveServer
+
+    settings.SESSION_COOKIE_SECURE = False
+    settings.CSRF_COOKIE_SECURE = False
+    server = LiveServer("localhost:0")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def page_720(chromium_browser):
+    context = chromium_browser.new_context(viewport={"width": 1280, "height": 720})
+    page = context.new_page()
+    page.console_errors = []
+    page.on("console", lambda msg: page.console_errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: page.console_errors.append(str(exc)))
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+def _figure(width: int, height: int, label: str) -> str:
+    """A PNG of a real figure's size (matplotlib's reconstruction rows are wide, curves about 4:3)."""
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([10, 10, width - 10, height - 10], outline="black", width=3)
+    draw.text((20, 20), label, fill="black")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return StoreTransaction().put_bytes(buf.getvalue(), category="plots", suffix=".png")[0]
+
+
+def test_researcher_reads_the_foundation_model_page(http_server, page_720, tmp_path):
+    site = SiteFactory(name="nancy")
+    mv, query, mine, theirs = foundation_version(site, SiteFactory(name="lyon"))
+    mv.plots = {"curves": _figure(900, 600, "curves"), "recon_inpainting_1": _figure(1500, 1000, "inpainting"),
+                "recon_crossmodal_1": _figure(1500, 1000, "cross-modal")}
+    mv.config = mv.config | {"pretext": {"weight_inpainting": 1.0, "weight_crossmodal": 1.0,
+                                          "weight_contrastive": 0.1, "mask_ratio": 0.75}}
+    mv.save()
+    user_with("researcher", site, username="res")
+    page = page_720
+    page.goto(f"{http_server.url}/accounts/login/")
+    page.fill("input[name=username]", "res")
+    page.fill("input[name=password]", "pw-aminopet-1")
+    page.click("button[type=submit]")
+    page.goto(f"{http_server.url}/models/{mv.pk}/")
+    page.wait_for_load_state("networkidle")
+    page.screenshot(path=str(tmp_path / "foundation_page.png"), full_page=True)
+    # nothing wider than the window
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    # provenance above the fold
+    for text in ("Started from", "Exams seen", "SHA-256"):
+        box = page.get_by_text(text, exact=False).first.bounding_box()
+        assert box is not None and box["y"] + box["height"] <= 720, text
+    sha = page.locator("code", has_text="c0ffee").first.bounding_box()
+    assert sha["x"] + sha["width"] <= 1280
+    # every plot loads, none wider than its column
+    images = page.locator("main img")
+    assert images.count() == 3
+    for i in range(images.count()):
+        img = images.nth(i)
+        img.scroll_into_view_if_needed()
+        assert img.evaluate("el => el.complete && el.naturalWidth > 0")
+        assert img.bounding_box()["x"] + img.bounding_box()["width"] <= 1280
+    # the probe: encoder and random encoder side by side, the reason where a task could not be probed
+    probe = page.get_by_role("table", name="Linear probe")
+    assert "0.810" in probe.inner_text() and "0.550" in probe.inner_text()
+    assert "only one class" in probe.inner_text()
+    # the config reads as YAML and stays inside the page
+    pre = page.locator("pre").last
+    assert "mask_ratio: 0.75" in pre.inner_text()
+    assert pre.bounding_box()["x"] + pre.bounding_box()["width"] <= 1280
+    # a neighbour opens its exam page; another site's exam is not named
+    retrieval = page.get_by_role("table", name="Nearest neighbours")
+    assert "an exam of a site you have no data role at" in retrieval.inner_text()
+    retrieval.get_by_role("link", name=str(mine)).click()
+    page.wait_for_load_state("domcontentloaded")
+    assert page.url.endswith(f"/cohort/exams/{mine.pk}/")
+    assert not [e for e in page.console_errors if "favicon" not in e]
