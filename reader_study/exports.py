@@ -40,9 +40,23 @@ class Export:
     n_readings: int
 
 
+#: First characters that make a spreadsheet read a cell as a formula (CSV injection, OWASP).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _safe_text(value) -> str:
+    """A free-text cell a spreadsheet shows as text: line breaks as spaces, a formula-like start quoted."""
+    text = " ".join(str(value or "").split())
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
 def csv_bytes(frame: pd.DataFrame) -> bytes:
-    """The long CSV: one row per submitted reading, the columns of ``results.COLUMNS``."""
+    """The long CSV: one row per submitted reading, the columns of ``results.COLUMNS``.
+
+    The comment is the reader's text on one line (line breaks as spaces), prefixed with ``'`` when it
+    starts like a spreadsheet formula; the JSON export keeps it exactly as typed."""
     out = io.StringIO()
+    frame = frame.assign(comment=frame["comment"].map(_safe_text)) if "comment" in frame else frame
     frame.to_csv(out, index=False, columns=list(COLUMNS), lineterminator="\n")
     return out.getvalue().encode("utf-8")
 

@@ -76,6 +76,13 @@ COLUMNS: dict[str, str] = {
     "explanation_usefulness": "aided arm: usefulness of the explanation, 1 (useless) - 5 (very useful)",
     "reading_seconds": "server time from case opened to answer submitted, seconds",
     "active_seconds": "time the reading page was visible and active, seconds",
+    "comment": "reader's free-text comment (may be empty)",
+    "target_x_mm": "biopsy target placed by the reader, x in scanner mm (RAS+; diagnosis studies only)",
+    "target_y_mm": "biopsy target, y in scanner mm (RAS+)",
+    "target_z_mm": "biopsy target, z in scanner mm (RAS+)",
+    "target_i": "biopsy target, voxel index i on the 2 mm common grid (0-based)",
+    "target_j": "biopsy target, voxel index j on the common grid (0-based)",
+    "target_k": "biopsy target, voxel index k on the common grid (0-based)",
 }
 
 
@@ -133,6 +140,14 @@ def ai_outputs(study: Study) -> dict[str, tuple[float, bool]]:
     return {codes[p.exam_id]: (float(p.probability), bool(p.decision)) for p in rows}
 
 
+def _target_columns(reading: Reading) -> dict:
+    """The biopsy target's columns: scanner mm and common-grid voxel, or empty (None) without one."""
+    mm = reading.target_mm if reading.target_mm and len(reading.target_mm) == 3 else [None] * 3
+    ijk = reading.target_voxel if reading.target_voxel and len(reading.target_voxel) == 3 else [None] * 3
+    return {"target_x_mm": mm[0], "target_y_mm": mm[1], "target_z_mm": mm[2],
+            "target_i": ijk[0], "target_j": ijk[1], "target_k": ijk[2]}
+
+
 def readings_frame(study: Study) -> pd.DataFrame:
     """The study's submitted readings as a long table with :data:`COLUMNS` (no identifiers).
 
@@ -174,14 +189,18 @@ def readings_frame(study: Study) -> pd.DataFrame:
             "explanation_usefulness": rd.explanation_usefulness,
             "reading_seconds": max((rd.submitted_at - rd.opened_at).total_seconds(), 0.0),
             "active_seconds": rd.active_seconds,
+            "comment": rd.comment or "",
+            **_target_columns(rd),
         })
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     if frame.empty:
         return frame
     frame["_arm"] = frame["modality"].map({a: i for i, a in enumerate(ARMS)})
     frame = frame.sort_values(["_arm", "reader", "case"], kind="stable").drop(columns="_arm")
-    for col in ("confidence", "scale", "ai_decision", "explanation_usefulness"):
+    for col in ("confidence", "scale", "ai_decision", "explanation_usefulness", "target_i", "target_j", "target_k"):
         frame[col] = frame[col].astype("Int64")
+    for col in ("target_x_mm", "target_y_mm", "target_z_mm"):
+        frame[col] = frame[col].astype(float)
     return frame.reset_index(drop=True)
 
 

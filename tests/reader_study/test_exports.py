@@ -75,3 +75,53 @@ def test_refusals_write_nothing(tmp_path):
         call_command("export_study", empty.slug, "--format", "xlsx")
     assert not list((tmp_path / "out").iterdir())
     assert not AuditEvent.objects.filter(action="study.export").exists()
+
+
+def test_comments_and_biopsy_targets_in_csv_and_json(study, tmp_path):
+    """The reader's comment and biopsy target (scanner mm and common-grid voxel) reach both files:
+    the CSV on one line and safe for spreadsheets, the JSON exactly as typed."""
+    from reader_study.models import Reading
+    from reader_study.services import target_voxel
+
+    readings = list(Reading.objects.filter(reader__study=study, submitted_at__isnull=False).order_by("pk"))
+    first, second = readings[0], readings[1]
+    target = [12.5, -20.0, 31.0]
+    voxel = target_voxel(target)
+    Reading.objects.filter(pk=first.pk).update(comment="Hot rim, necrotic core;\nbiopsy the rim",
+                                               target_mm=target, target_voxel=voxel)
+    Reading.objects.filter(pk=second.pk).update(comment="=HYPERLINK(\"x\")")
+    csv, js = tmp_path / "r.csv", tmp_path / "r.json"
+    call_command("export_study", study.slug, "--format", "csv", "--out", str(csv))
+    call_command("export_study", study.slug, "--format", "json", "--out", str(js))
+
+    table = pd.read_csv(csv, keep_default_na=False)
+    assert len(table) == 48 and list(table.columns) == list(COLUMNS)
+    key = ["reader", "case", "modality"]
+
+    def row(frame, reading):
+        match = ((frame["reader"] == reading.reader.code) & (frame["case"] == reading.case.code)
+                 & (frame["modality"] == reading.arm))
+        assert match.sum() == 1
+        return frame[match].iloc[0]
+
+    r1 = row(table, first)
+    assert r1["comment"] == "Hot rim, necrotic core; biopsy the rim"
+    assert [float(r1[c]) for c in ("target_x_mm", "target_y_mm", "target_z_mm")] == target
+    assert [int(r1[c]) for c in ("target_i", "target_j", "target_k")] == voxel
+    assert row(table, second)["comment"] == "'=HYPERLINK(\"x\")"
+    others = table.drop(index=table.index[table.set_index(key).index.isin(
+        [(r.reader.code, r.case.code, r.arm) for r in (first, second)])])
+    assert (others["comment"] == "").all() and (others["target_x_mm"] == "").all() and (others["target_i"] == "").all()
+
+    doc = json.loads(js.read_text())
+    assert {"comment", "target_x_mm", "target_i"} <= set(doc["columns"])
+    j1 = row(pd.DataFrame(doc["readings"]), first)
+    assert j1["comment"] == "Hot rim, necrotic core;\nbiopsy the rim"
+    assert [j1["target_x_mm"], j1["target_y_mm"], j1["target_z_mm"]] == target
+    assert [j1["target_i"], j1["target_j"], j1["target_k"]] == voxel
+    j2 = [r for r in doc["readings"] if (r["reader"], r["case"], r["modality"])
+          == (second.reader.code, second.case.code, second.arm)]
+    assert len(j2) == 1 and j2[0]["target_x_mm"] is None and j2[0]["target_i"] is None
+    # the analysis reads the CSV as before (its columns, comments with commas and quotes included)
+    ratings = read_ratings(csv)
+    assert len(ratings.readers) == 3 and ratings.ratings.shape[-1] == 8
