@@ -25,11 +25,16 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import json
 import logging
 import os
+import re
 import shutil
 import tempfile
+import time
 import uuid
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from django.apps import apps
@@ -218,3 +223,90 @@ class StoreTransaction:
                 self.release()
             except Exception:  # interpreter shutdown: the fds close with the process
                 pass
+
+
+# --- orphans: store files no row names (left by a process killed between writing and committing) ---
+
+#: A store name: ``<category>/<2 hex>/<sha256><suffix>`` (what put_file/put_bytes create).
+STORE_NAME = re.compile(r"\b([a-z_]+/[0-9a-f]{2}/[0-9a-f]{64}(?:\.[a-z]+){0,2})\b")
+
+
+def store_referenced_names() -> set[str]:
+    """Every store name a committed row holds: FileFields, and names inside JSON and text fields
+    (plots, explanation maps and job results keep names in JSON)."""
+    names: set[str] = set()
+    for model in apps.get_models():
+        files, texts = [], []
+        for field in model._meta.concrete_fields:
+            if isinstance(field, models.FileField):
+                files.append(field.name)
+            elif isinstance(field, models.JSONField | models.TextField | models.CharField):
+                texts.append(field.name)
+        if files:
+            for row in model._base_manager.values_list(*files):
+                names.update(v for v in row if v)
+        if texts:
+            for row in model._base_manager.values_list(*texts).iterator(chunk_size=2000):
+                for value in row:
+                    if value:
+                        text = value if isinstance(value, str) else json.dumps(value)
+                        if "/" in text:
+                            names.update(STORE_NAME.findall(text))
+    return names
+
+
+@dataclass(frozen=True)
+class StoreSweep:
+    """Orphan store files found (and deleted unless a dry run), with their total size."""
+
+    orphans: list[str]
+    bytes: int
+    deleted: bool
+    skipped_busy: list[str]
+
+    def message(self) -> str:
+        size = f"{self.bytes / 1e6:.1f} MB"
+        verb = "deleted" if self.deleted else "found (dry run: nothing deleted; --delete removes them)"
+        busy = f"; {len(self.skipped_busy)} being stored now, kept" if self.skipped_busy else ""
+        return f"{len(self.orphans)} orphan store file(s), {size}, {verb}{busy}"
+
+
+def store_sweep_orphans(*, older_than: timedelta = timedelta(hours=24), delete: bool = False) -> StoreSweep:
+    """Find the store files that no committed row names, older than ``older_than`` (a running import
+    may not have committed yet), and delete them when ``delete``.
+
+    Only content-addressed names (:data:`STORE_NAME`) are candidates: uploads, scratch folders and
+    caches are someone else's. A file whose lock another process holds (being stored now) is kept.
+    References are read once before looking at the files; a file written after that is younger than
+    ``older_than`` and so never a candidate.
+    """
+    root = Path(settings.MEDIA_ROOT)
+    referenced = store_referenced_names()
+    cutoff = time.time() - older_than.total_seconds()
+    orphans, busy, total = [], [], 0
+    if not root.is_dir():
+        return StoreSweep(orphans=[], bytes=0, deleted=delete, skipped_busy=[])
+    for category in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in sorted(category.glob("??/*")):
+            name = path.relative_to(root).as_posix()
+            if not STORE_NAME.fullmatch(name) or name in referenced or not path.is_file():
+                continue
+            stat = path.stat()
+            if stat.st_mtime > cutoff:
+                continue
+            if delete:
+                fd = _open_locked(name, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if fd is None:
+                    busy.append(name)
+                    continue
+                try:
+                    if file_references(name):  # committed since we read the references
+                        continue
+                    path.unlink(missing_ok=True)
+                    _lock_path(name).unlink(missing_ok=True)
+                finally:
+                    os.close(fd)
+                logger.warning("store sweep: deleted orphan %s (%d bytes)", name, stat.st_size)
+            orphans.append(name)
+            total += stat.st_size
+    return StoreSweep(orphans=orphans, bytes=total, deleted=delete, skipped_busy=busy)
