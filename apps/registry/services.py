@@ -184,6 +184,12 @@ def predictions_make(*, model_version: ModelVersion, cohort: str | None = None, 
     report = progress or (lambda pct, msg="": None)
     exams, where = _cohort_exams(cohort, site)
     timepoint = _timepoint(model_version, timepoint)
+    from apps.registry.deep import classifier_predictions_make, is_classifier_version
+
+    if is_classifier_version(model_version):  # WP3 families: channel stacks, explanation maps
+        return classifier_predictions_make(
+            model_version=model_version, user=user, progress=progress,
+            exams=list(exams.filter(timepoint=timepoint).select_related("patient__site").order_by("pk")))
     features_set = model_version.config.get("features_set", "parameters")
     table = feature_table(exams.filter(timepoint=timepoint), features=features_set)
     if table.empty:
