@@ -20,6 +20,7 @@ from apps.registry.models import ModelVersion, Prediction
 from ml.classical import (
     TrainedModel,
     evaluate_predictions,
+    leave_one_site_out,
     predict_with_explanations,
     train_classical,
 )
@@ -86,9 +87,14 @@ def _training_inputs(cohort: Cohort, task: str, features: str):
 def classical_train(
     *, task: str, cohort: str, algorithm: str = "logreg", external_site: str | None = None,
     features: str = "parameters", threshold_feature: str | None = None, seed: int = 0,
-    n_bootstrap: int = 1000, user=None, progress: Callable[[float, str], None] | None = None,
+    n_bootstrap: int = 1000, loso: bool = False, user=None, progress: Callable[[float, str], None] | None = None,
 ) -> ModelVersion:
-    """Nested-CV training (and external-site test) of a classical model; registers a version."""
+    """Nested-CV training (and external-site test) of a classical model; registers a version.
+
+    ``loso``: also leave-one-site-out (:func:`ml.classical.leave_one_site_out`: train on all sites
+    but one with an inner CV, test on it, for every site), stored as ``metrics["loso"]``; the
+    registered model is the one fitted on every site (no external site then).
+    """
     report = progress or (lambda pct, msg="": None)
     if task not in TASK_LABELS:
         raise TrainingError(f"unknown task {task!r}; choose from {', '.join(TASK_LABELS)}")
@@ -100,6 +106,8 @@ def classical_train(
         site_obj = Site.objects.filter(name=external_site).first()
         if site_obj is None:
             raise TrainingError(f"no site named {external_site!r}")
+    if loso and external_site:
+        raise TrainingError("give an external site or leave-one-site-out, not both")
     if algorithm == "threshold" and threshold_feature is None:
         threshold_feature = "ts_max" if task == "progression" else "tbr_max"
     report(5, "Building the feature table")
@@ -107,6 +115,15 @@ def classical_train(
     report(15, f"Training {algorithm} on {len(table)} exams (nested CV)")
     result = train_classical(table, labels, sites, task=task, model=algorithm, external_site=external_site,
                              seed=seed, n_bootstrap=n_bootstrap, threshold_feature=threshold_feature)
+    loso_metrics = None
+    if loso:
+        report(60, f"Leave-one-site-out over {sites.nunique()} sites")
+        try:
+            loso_metrics = leave_one_site_out(table, labels, sites, task=task, model=algorithm, seed=seed,
+                                              n_bootstrap=n_bootstrap,
+                                              threshold_feature=threshold_feature).to_dict()
+        except ValueError as exc:
+            raise TrainingError(f"leave-one-site-out: {exc}") from exc
     dev = [pk for pk in table.index if sites[pk] != external_site]
     numeric = table.drop(columns=[c for c in ("curve_class",) if c in table.columns])
     development = describe_development(numeric.loc[dev], exam_context(dev).reindex(dev))
@@ -128,7 +145,8 @@ def classical_train(
                 config=summary["config"] | {"features_set": features, "cohort": cohort,
                                             "development": development},
                 metrics={"cv": summary["cv"], "external": summary["external"], "rule": summary["rule"],
-                         "importance": summary["importance"], "n_excluded": summary["n_excluded"]},
+                         "importance": summary["importance"], "n_excluded": summary["n_excluded"]}
+                | ({"loso": loso_metrics} if loso_metrics else {}),
                 threshold=float(np.clip(result.model.threshold, 0.0, 1.0)),
                 features=list(result.model.feature_names), training_cohort=cohort_obj,
                 external_site=site_obj, artifact=artifact, plots=plots, created_by=user,

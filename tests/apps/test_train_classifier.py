@@ -133,3 +133,22 @@ def test_train_classifier_jobs_go_to_the_gpu_queue():
     from apps.jobs.services import handler_kinds, job_queue
     assert "train_classifier" in handler_kinds()
     assert job_queue("train_classifier") == "gpu"
+
+
+def test_train_classical_loso_holds_out_each_site(balanced_bids, capsys):
+    bids_import(path=balanced_bids, cohort_name="wp3")
+    call_command("quantify", "--cohort", "wp3", "--timepoint", "suspected_recurrence", "--no-radiomics", "--quiet")
+    call_command("train_classical", "--task", "progression", "--cohort", "wp3", "--model", "threshold", "--loso",
+                 "--bootstrap", "50", "--quiet")
+    out = capsys.readouterr().out
+    mv = ModelVersion.objects.get()
+    loso = mv.metrics["loso"]
+    assert set(loso["per_site"]) == {"nancy", "paris"} and mv.external_site is None
+    assert loso["pooled"]["n"] == 8 and all(ev["n"] == 4 for ev in loso["per_site"].values())
+    site_of = {str(e.pk): e.patient.site.name for e in Exam.objects.all()}
+    for site, ev in loso["per_site"].items():
+        assert {site_of[c] for c in ev["cases"]} == {site}
+    assert "leave-one-site-out pooled: n=8" in out
+    with pytest.raises(CommandError, match="not allowed"):
+        call_command("train_classical", "--task", "progression", "--cohort", "wp3", "--loso",
+                     "--external-site", "paris", "--quiet")
