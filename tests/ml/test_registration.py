@@ -26,6 +26,7 @@ from ml.registration import (
     resample,
     target_registration_error,
 )
+from ml.registration.resample import GridResampler, trilinear_weights
 from ml.registration.sitk import matrix_from_sitk, sitk_affine, to_sitk
 
 
@@ -106,6 +107,32 @@ def test_resample_preserves_mean_suv_and_frames(tiny_exam):
                                      output_shape=grid.shape, order=1, prefilter=False)
     inner = ndimage.binary_erosion(frame > 0, iterations=2)
     assert np.allclose(out[..., 5][inner], frame[inner], rtol=1e-4, atol=1e-3 * frame.max())
+
+
+def test_shared_weights_equal_direct_interpolation_to_the_edge(tiny_exam):
+    """One weight matrix for the volumes of a grid (GridResampler): every voxel, the field-of-view
+    edge included, equals ndimage's trilinear interpolation of each image and frame, whatever the
+    memory layout of the source; C and Fortran weights are the same map."""
+    grid = common_grid(4.0)
+    t = _rigid((8, -5, 12), (6, -9, 4))
+    dyn = tiny_exam.pet_dynamic
+    shared = GridResampler(dyn.data.shape, dyn.affine, t, grid)
+    mapping = np.linalg.inv(dyn.affine) @ t.matrix @ grid.affine
+    out = shared(np.ascontiguousarray(dyn.data))  # a C-ordered source gives the same values
+    assert out.shape == (*grid.shape, dyn.data.shape[3]) and out.dtype == np.float32 and out.flags.f_contiguous
+    for k in (0, dyn.data.shape[3] - 1):
+        ref = ndimage.affine_transform(dyn.data[..., k], mapping[:3, :3], offset=mapping[:3, 3],
+                                       output_shape=grid.shape, order=1, prefilter=False)
+        assert (ref == 0).any() and (ref > 0).any()  # the FOV edge lies inside the grid
+        assert np.allclose(out[..., k], ref, rtol=1e-5, atol=1e-5 * ref.max())
+    static = shared(np.asfortranarray(dyn.data[..., 3]))
+    assert np.allclose(static, out[..., 3], rtol=1e-6, atol=1e-6 * static.max())
+    c, f = (trilinear_weights(mapping, dyn.data.shape, grid.shape, order=o) for o in ("C", "F"))
+    assert c.nnz == f.nnz and np.allclose(np.sort(c.data), np.sort(f.data))
+    with pytest.raises(ValueError, match="not on the source grid"):
+        shared(dyn.data[:-1])
+    with pytest.raises(ValueError, match="order"):
+        trilinear_weights(mapping, dyn.data.shape, grid.shape, order="K")
 
 
 def test_rigid_mi_recovers_a_known_motion(tiny_exam):

@@ -36,6 +36,8 @@ from ml.io.grid import common_grid, grid_nifti_bytes
 from ml.io.nifti import NiftiVolume, load_nifti
 from ml.io.thumbnails import render_edge_overlay, render_mosaic
 from ml.registration import common_template, register_exam, registration_similarity, resample
+from ml.registration.resample import GridResampler
+from ml.registration.transform import Image
 
 MRI_FOR_FUSION = ("t1c", "t1", "flair", "t2")
 PET_FOR_REGISTRATION = ("pet_static", "pet_dynamic")
@@ -49,9 +51,33 @@ def _stored_dtype(volume: Volume, array: np.ndarray) -> str:
 
 
 def _suv(volume: Volume, array: np.ndarray) -> np.ndarray:
+    """SUV in place (``array`` is a fresh resampled array)."""
     if volume.units == "Bq/mL":
-        return array * float(volume.suv_factor)
+        array *= np.float32(volume.suv_factor)
     return array
+
+
+def _resamplers(natives: list[Volume], loaded: dict[str, NiftiVolume], reg, grid) -> dict[str, Callable]:
+    """One resampling function per volume kind. Volumes on the same native grid with the same
+    transform (the MRI sequences of a session; the static and dynamic PET) share one sparse weight
+    matrix (:class:`ml.registration.resample.GridResampler`): built once, one product per image
+    or frame. A volume alone on its grid is interpolated directly (``resample``), which is faster
+    for a single 3D image. Both give the same values."""
+    groups: dict[tuple, list[Volume]] = {}
+    for vol in natives:
+        data = loaded[vol.kind]
+        key = (vol.is_pet, data.array.shape[:3], np.round(data.affine, 4).tobytes())
+        groups.setdefault(key, []).append(vol)
+    out: dict[str, Callable] = {}
+    for vols in groups.values():
+        first = loaded[vols[0].kind]
+        transform = reg.for_volume(vols[0].is_pet)
+        if len(vols) == 1 and first.array.ndim == 3:
+            out[vols[0].kind] = lambda array, a=first.affine, t=transform: resample(Image(array, a), t, grid)
+        else:
+            shared = GridResampler(first.array.shape, first.affine, transform, grid)
+            out.update({v.kind: shared for v in vols})
+    return out
 
 
 def _registration_verdict_volumes(commons: dict[str, Volume]) -> tuple[str, list[tuple[str, Volume]]]:
@@ -132,13 +158,21 @@ def exam_prepare(*, exam: Exam, progress: Callable[[float, str], None] | None = 
     tmp = media_path("tmp")
     # Compressing a volume (zlib releases the GIL) overlaps with resampling the next one.
     pool = ThreadPoolExecutor(max_workers=2)
+    thumb_source: dict[str, np.ndarray] = {}
     try:
+        resamplers = _resamplers(natives, loaded, reg, grid)
         for i, vol in enumerate(natives):
             report(40 + 30 * i / len(natives), f"Resampling {vol.kind}")
-            array = resample(loaded[vol.kind], reg.for_volume(vol.is_pet), grid, kind="image")
+            native = loaded[vol.kind].array
+            array = resamplers[vol.kind](native)
             if vol.is_pet:
                 array = _suv(vol, array)
             resampled[vol.kind] = array
+            if array.ndim == 4:
+                # the thumbnail shows the frame mean: resampling is linear, so the mean of the
+                # native frames resampled once is the mean of the resampled frames
+                mean = resamplers[vol.kind](native.mean(axis=3, dtype=np.float32))
+                thumb_source[vol.kind] = _suv(vol, mean) if vol.is_pet else mean
             dtype = _stored_dtype(vol, array)
             encoded[vol.kind] = pool.submit(grid_nifti_bytes, array, grid.affine, dtype=dtype)
             common_rows[vol.kind] = dict(
@@ -163,10 +197,11 @@ def exam_prepare(*, exam: Exam, progress: Callable[[float, str], None] | None = 
         for vol in natives:
             report(75, f"Rendering thumbnail of {vol.kind}")
             png = tmp / f"thumb-{exam.pk}-{vol.kind}.png"
+            shown = thumb_source.get(vol.kind, resampled[vol.kind])
             if vol.is_pet:
-                render_mosaic(png, mri, resampled[vol.kind])
+                render_mosaic(png, mri, shown)
             else:
-                render_mosaic(png, resampled[vol.kind])
+                render_mosaic(png, shown)
             thumbs[vol.kind], _ = store.put_file(png, category="thumbnails")
             png.unlink(missing_ok=True)
             common_thumbs[vol.kind] = thumbs[vol.kind]  # PET: already the PET on the registered MRI
