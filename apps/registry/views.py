@@ -29,7 +29,7 @@ class ModelDetailView(RoleRequiredMixin, DetailView):
         # Only what the user may see: per-case rows follow the exams' site scoping.
         metrics = ctx["metrics"] = model_metrics_visible(self.request.user, self.object)
         evaluations = []
-        for key in ("cv", "external"):
+        for key in ("cv", "internal", "external"):  # internal: WP3 held-out patients
             ev = metrics.get(key)
             if ev:
                 rows = [(m, ev["metrics"][m]) for m in METRIC_ORDER if m in ev["metrics"]]

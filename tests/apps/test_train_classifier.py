@@ -152,3 +152,19 @@ def test_train_classical_loso_holds_out_each_site(balanced_bids, capsys):
     with pytest.raises(CommandError, match="not allowed"):
         call_command("train_classical", "--task", "progression", "--cohort", "wp3", "--loso",
                      "--external-site", "paris", "--quiet")
+
+
+def test_model_page_shows_the_internal_test_of_a_wp3_version(client):
+    from django.urls import reverse
+
+    from ml.classical.evaluation import evaluate_predictions
+    from tests.factories import ModelVersionFactory, user_with
+
+    ev = evaluate_predictions("internal test (held-out patients)", [0, 1, 0, 1], [0.2, 0.7, 0.4, 0.9], 0.5,
+                              n_bootstrap=20).to_dict()
+    mv = ModelVersionFactory(family="cnn", algorithm="densenet3d", threshold=0.5, metrics={"internal": ev},
+                             config={"protocol": "ml.classify"})
+    client.force_login(user_with("admin"))
+    html = client.get(reverse("registry:detail", args=[mv.pk])).content.decode()
+    assert "internal test (held-out patients)" in html
+    assert "Youden on calibrated validation predictions" in html
