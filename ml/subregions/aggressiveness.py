@@ -12,6 +12,15 @@ towards the aggressive class, e.g. WHO grade 4 or IDH-wildtype):
   cohort's mean patient vector); ``a_v`` is the map (completeness holds exactly, as for Integrated
   Gradients on a linear model, Sundararajan et al. 2017), and a habitat's share is
   ``sum_{v in h} a_v / N``.
+* :class:`MILMarkerModel` (multiple-instance variant): the marker's logit is a soft maximum
+  over the tumour voxels of a linear voxel score, ``logit = b + (1/beta) log mean_v exp(beta s_v)``
+  with ``s_v = w . z_v`` (log-sum-exp pooling, Ilse et al. 2018 discuss MIL pooling operators):
+  "the most aggressive part of the tumour sets the grade". Its per-voxel attribution is captum
+  Integrated Gradients of the logit with respect to every voxel's features (baseline: the
+  cohort's mean voxel), summed over features; ``s_v`` itself is the voxel score map. Unlike the
+  mean-pooled model, whose weights follow patient-level differences (overall uptake,
+  heterogeneity), the soft maximum makes the model find the voxels that look like the
+  aggressive class, so the map locates.
 * :func:`encoder_attribution`: captum Integrated Gradients through the WP1 encoder and a linear
   marker head on its pooled embedding, on a crop around the tumour; the channel-summed attribution
   of each input voxel is the map. Used when a trained encoder is available.
@@ -34,6 +43,7 @@ from sklearn.utils.validation import check_is_fitted
 from ml.subregions.habitats import VoxelFeatures
 
 __all__ = [
+    "MILMarkerModel",
     "MarkerAttributionModel",
     "encoder_attribution",
     "habitat_attribution",
@@ -129,6 +139,128 @@ class MarkerAttributionModel(ClassifierMixin, BaseEstimator):
     def attribution_volume(self, vf: VoxelFeatures) -> np.ndarray:
         """The voxel attribution on the exam grid (X, Y, Z) float32, NaN outside the mask."""
         return vf.to_volume(self.voxel_attribution(vf), fill=np.nan)
+
+
+class MILMarkerModel(MarkerAttributionModel):
+    """Marker model with log-sum-exp pooling of linear voxel scores (module docstring).
+
+    Args:
+        columns: feature columns to use (default: all columns of the first exam).
+        beta: sharpness of the soft maximum (0 would be the mean, infinity the maximum).
+        l2: L2 penalty on the voxel weights.
+        max_iter: L-BFGS iterations.
+        random_state: seed of the weight initialisation.
+
+    Attributes (after fit):
+        coef_: (F,) voxel score weights per SD; intercept_: b; coef_frame_: weights by feature.
+    """
+
+    def __init__(self, columns: Sequence[str] | None = None, beta: float = 4.0, l2: float = 1e-2,
+                 max_iter: int = 200, random_state: int | None = 0) -> None:
+        self.columns = columns
+        self.beta = beta
+        self.l2 = l2
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def _logit_torch(self, z: Any, w: Any, b: Any) -> Any:
+        import torch
+
+        s = z @ w
+        return b + (torch.logsumexp(self.beta * s, dim=-1) - np.log(s.shape[-1])) / self.beta
+
+    def fit(self, exams: Sequence[VoxelFeatures], y: Sequence[int]) -> MILMarkerModel:
+        """Fit on exams (their tumour voxels) and their binary marker (1 = aggressive class)."""
+        import torch
+
+        y = np.asarray(y)
+        if len(exams) == 0 or len(exams) != len(y):
+            raise ValueError(f"{len(exams)} exams but {len(y)} labels")
+        if len(np.unique(y)) != 2:
+            raise ValueError(f"the marker needs two classes, got {np.unique(y).tolist()}")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        self.columns_ = list(self.columns) if self.columns is not None else list(exams[0].frame.columns)
+        means = np.stack([vf.frame[self.columns_].to_numpy(np.float64).mean(0) for vf in exams])
+        var = np.stack([vf.frame[self.columns_].to_numpy(np.float64).var(0) for vf in exams])
+        self.scaler_ = StandardScaler()
+        self.scaler_.mean_ = means.mean(0)
+        self.scaler_.scale_ = np.sqrt(np.maximum(var.mean(0) + means.var(0), 1e-12))
+        zs = [torch.as_tensor(self._z(vf), dtype=torch.float64) for vf in exams]
+        gen = torch.Generator().manual_seed(int(np.random.RandomState(self.random_state).randint(2**31 - 1)))
+        w = (0.01 * torch.randn(len(self.columns_), generator=gen, dtype=torch.float64)).requires_grad_()
+        b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        target = torch.as_tensor(y, dtype=torch.float64)
+        opt = torch.optim.LBFGS([w, b], max_iter=self.max_iter, line_search_fn="strong_wolfe")
+
+        def closure() -> Any:
+            opt.zero_grad()
+            logits = torch.stack([self._logit_torch(z, w, b) for z in zs])
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target) + self.l2 * (w @ w)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        self.coef_ = w.detach().numpy().copy()
+        self.intercept_ = float(b.detach())
+        self.classes_ = np.array([0, 1])
+        self.reference_ = np.zeros(len(self.columns_))
+        self.coef_frame_ = pd.Series(self.coef_, index=self.columns_, name="coef_per_sd")
+        self.logistic_ = None  # not used: check_is_fitted looks at coef_
+        return self
+
+    def decision_function(self, exams: Sequence[VoxelFeatures]) -> np.ndarray:
+        """Logit of the aggressive class per exam, shape (n,)."""
+        import torch
+
+        check_is_fitted(self, "coef_")
+        w = torch.as_tensor(self.coef_)
+        return np.array([float(self._logit_torch(torch.as_tensor(self._z(vf)), w, self.intercept_))
+                         for vf in exams])
+
+    def predict_proba(self, exams: Sequence[VoxelFeatures]) -> np.ndarray:
+        """(n, 2) class probabilities."""
+        p = 1.0 / (1.0 + np.exp(-self.decision_function(exams)))
+        return np.c_[1 - p, p]
+
+    def predict(self, exams: Sequence[VoxelFeatures]) -> np.ndarray:
+        """Predicted class per exam, shape (n,)."""
+        return (self.decision_function(exams) > 0).astype(int)
+
+    def voxel_scores(self, vf: VoxelFeatures) -> np.ndarray:
+        """``s_v = w . z_v``: how much each voxel looks like the aggressive class, shape (N,)."""
+        check_is_fitted(self, "coef_")
+        return self._z(vf) @ self.coef_
+
+    def baseline_logit(self) -> float:
+        """The logit when every voxel is the cohort's mean voxel (``z_v = 0``): ``b``."""
+        check_is_fitted(self, "coef_")
+        return float(self.intercept_)
+
+    def voxel_attribution(self, vf: VoxelFeatures, n_steps: int = 32) -> np.ndarray:
+        """Integrated Gradients (captum) of the exam's logit per voxel, summed over features,
+        baseline ``z = 0`` (the cohort's mean voxel); they add up to ``logit - b`` (within the
+        integration error). Shape (N,)."""
+        import torch
+        from captum.attr import IntegratedGradients
+
+        check_is_fitted(self, "coef_")
+        w = torch.as_tensor(self.coef_)
+
+        def forward(z: Any) -> Any:
+            return self._logit_torch(z, w, self.intercept_)
+
+        z = torch.as_tensor(self._z(vf))[None]
+        attr = IntegratedGradients(forward).attribute(z, baselines=torch.zeros_like(z), n_steps=n_steps)
+        return attr[0].sum(-1).detach().numpy()
+
+    def attribution_volume(self, vf: VoxelFeatures, kind: str = "attribution") -> np.ndarray:
+        """Map on the exam grid (X, Y, Z) float32, NaN outside the mask: ``kind="attribution"``
+        (Integrated Gradients) or ``"score"`` (``s_v``)."""
+        if kind not in ("attribution", "score"):
+            raise ValueError(f"kind: 'attribution' or 'score', got {kind!r}")
+        values = self.voxel_attribution(vf) if kind == "attribution" else self.voxel_scores(vf)
+        return vf.to_volume(values, fill=np.nan)
 
 
 def habitat_attribution(attribution: np.ndarray, habitats: np.ndarray, n_habitats: int) -> np.ndarray:

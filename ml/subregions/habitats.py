@@ -35,6 +35,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
 __all__ = [
+    "CONTEXT_FEATURES",
     "DYNAMIC_FEATURES",
     "HabitatModel",
     "StackLike",
@@ -47,6 +48,10 @@ __all__ = [
 
 #: Voxel-level PET parameters :func:`voxel_features` can add (module docstring).
 DYNAMIC_FEATURES = ("tbr", "suv_rel", "ttp_min", "slope")
+#: Optional neighbourhood features (Gaussian smoothing inside the tumour, FWHM ``CONTEXT_FWHM_MM``):
+#: ``tbr_local`` and ``ttp_local``, the local means of TBR and TTP.
+CONTEXT_FEATURES = ("tbr_local", "ttp_local")
+CONTEXT_FWHM_MM = 8.0
 #: Index of the static TBR channel in ExamStack.image (ml.foundation.data.CHANNELS).
 _SUV_CHANNEL = 2
 
@@ -122,6 +127,7 @@ def voxel_features(
     embeddings: Any | None = None,
     dynamic: Sequence[str] = DYNAMIC_FEATURES,
     mask: str = "tumor",
+    min_tbr: float | None = None,
 ) -> VoxelFeatures:
     """Feature vectors of the voxels inside ``stack.masks[mask]`` (module docstring).
 
@@ -129,24 +135,30 @@ def voxel_features(
         stack: a prepared exam (ExamStack or anything with the same attributes).
         embeddings: ``ml.foundation.Embeddings`` of the exam (``patches``, ``patch_affine``), or
             None for PET parameters only.
-        dynamic: PET parameters to add, a subset of :data:`DYNAMIC_FEATURES` (may be empty when
-            embeddings are given).
+        dynamic: PET parameters to add, from :data:`DYNAMIC_FEATURES` and :data:`CONTEXT_FEATURES`
+            (may be empty when embeddings are given).
         mask: the mask whose voxels are described.
+        min_tbr: keep only the mask's voxels with a TBR (the stack's ``suv`` channel) at least
+            this (e.g. 1.6, the usual amino-acid PET biological tumour volume threshold, Pauleit
+            et al. 2005): the metabolically active tumour, without necrosis. None keeps all.
 
     Raises:
         ValueError: unknown feature, missing/empty mask, a dynamic parameter the exam lacks, or
             no feature at all.
     """
-    unknown = sorted(set(dynamic) - set(DYNAMIC_FEATURES))
+    unknown = sorted(set(dynamic) - set(DYNAMIC_FEATURES) - set(CONTEXT_FEATURES))
     if unknown:
-        raise ValueError(f"dynamic: unknown feature(s) {unknown}; choose from {DYNAMIC_FEATURES}")
+        raise ValueError(f"dynamic: unknown feature(s) {unknown}; choose from {DYNAMIC_FEATURES + CONTEXT_FEATURES}")
     if embeddings is None and not dynamic:
         raise ValueError(f"{stack.key}: no features requested (no embeddings and no dynamic features)")
     if mask not in stack.masks:
         raise ValueError(f"{stack.key}: no {mask!r} mask (has {sorted(stack.masks)})")
     m = np.asarray(stack.masks[mask]) > 0
+    if min_tbr is not None:
+        m &= np.asarray(stack.image[_SUV_CHANNEL]) >= min_tbr
     if not m.any():
-        raise ValueError(f"{stack.key}: the {mask!r} mask is empty")
+        raise ValueError(f"{stack.key}: the {mask!r} mask is empty"
+                         + (f" above TBR {min_tbr:g}" if min_tbr is not None else ""))
     ijk = np.argwhere(m)
     cols: dict[str, np.ndarray] = {}
     if embeddings is not None:
@@ -162,6 +174,15 @@ def voxel_features(
             if med <= 0:
                 raise ValueError(f"{stack.key}: median tumour SUV is {med}, cannot form suv_rel")
             cols[name] = suv / med
+        elif name in CONTEXT_FEATURES:
+            from ml.subregions.target import smooth_in_mask
+
+            src = stack.image[_SUV_CHANNEL] if name == "tbr_local" else stack.ttp_min
+            if src is None:
+                raise ValueError(f"{stack.key}: {name} requested but the exam has no dynamic PET")
+            src = np.asarray(src, dtype=np.float64)
+            filled = np.where(np.isfinite(src), src, np.nanmedian(src[m]))
+            cols[name] = smooth_in_mask(filled, m, stack.affine, CONTEXT_FWHM_MM)[m]
         else:
             src = stack.ttp_min if name == "ttp_min" else stack.slope_suv_per_h
             if src is None:

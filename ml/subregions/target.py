@@ -208,21 +208,38 @@ def map_target(
     *,
     smooth_fwhm_mm: float = 6.0,
     level: float = 0.5,
+    aim: str = "peak",
     method: str = "map",
     **kwargs,
 ) -> BiopsyTarget:
     """Target from an aggressiveness map, smoothed inside the tumour (``smooth_fwhm_mm``);
     predicted subregion: voxels above ``min + level (max - min)`` of the smoothed map in the
-    tumour, largest connected part. ``kwargs`` go to :func:`target_from_map`."""
+    tumour, largest connected part. ``aim="peak"``: the target is the smoothed map's maximum;
+    ``"centre"``: the deepest point of the predicted subregion (signed distance to its border,
+    the map's value breaking ties), robust when the subregion's edge is uncertain.
+    ``kwargs`` go to :func:`target_from_map`."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
+    if aim not in ("peak", "centre"):
+        raise ValueError(f"aim: 'peak' or 'centre', got {aim!r}")
     m = _mask(tumour_mask, "tumour_mask", np.shape(aggressiveness))
-    sm = smooth_in_mask(aggressiveness, m, affine, smooth_fwhm_mm)
-    vals = sm[m]
+    # NaN voxels (no map there, e.g. necrosis left out of the model) are neither smoothed in nor chosen
+    valid = m & np.isfinite(np.asarray(aggressiveness, dtype=np.float64))
+    if not valid.any():
+        raise ValueError(f"{method}: the map is NaN everywhere in the tumour")
+    sm = smooth_in_mask(aggressiveness, valid, affine, smooth_fwhm_mm)
+    vals = sm[valid]
     lo, hi = float(vals.min()), float(vals.max())
-    sub = m & (sm >= lo + level * (hi - lo))
+    sub = valid & (sm >= lo + level * (hi - lo))
     sub = _largest_component(sub)
-    return target_from_map(np.where(m, sm, np.nan), m, affine, method=method, subregion=sub, **kwargs)
+    score = sm
+    if aim == "centre":
+        sizes = _voxel_sizes(affine)
+        inside = ndi.distance_transform_edt(np.pad(sub, 1), sampling=sizes)[1:-1, 1:-1, 1:-1]
+        outside = ndi.distance_transform_edt(~sub, sampling=sizes)
+        span = max(hi - lo, 1e-12)
+        score = inside - outside + 1e-3 * (sm - lo) / span
+    return target_from_map(np.where(valid, score, np.nan), m, affine, method=method, subregion=sub, **kwargs)
 
 
 def suvmax_target(

@@ -8,6 +8,7 @@ from sklearn.linear_model import LogisticRegression
 
 from ml.subregions.aggressiveness import (
     MarkerAttributionModel,
+    MILMarkerModel,
     encoder_attribution,
     habitat_attribution,
     linear_head,
@@ -100,3 +101,27 @@ def test_integrated_gradients_through_a_real_encoder(stack):
         gap = head(enc(x, o).pooled) - head(enc(torch.zeros_like(x), o).pooled)
     # completeness of Integrated Gradients: the attributions add up to the logit difference
     assert float(attr.sum()) == pytest.approx(float(gap), rel=0.05, abs=1e-3)
+
+
+def test_mil_model_locates_the_aggressive_voxels_and_ig_is_complete(cohort):
+    stacks, feats, y = cohort
+    model = MILMarkerModel(beta=4.0, random_state=0).fit(feats, y)
+    assert (model.predict(feats) == y).mean() >= 0.75
+    logits = model.decision_function(feats)
+    for s, vf, label, logit in zip(stacks, feats, y, logits):
+        attr = model.voxel_attribution(vf, n_steps=64)
+        # Integrated Gradients completeness: attributions add up to logit - logit(mean voxel)
+        assert attr.sum() == pytest.approx(logit - model.baseline_logit(), rel=0.02, abs=1e-3)
+        if label:
+            score = model.attribution_volume(vf, kind="score")
+            hot, tumour = s.masks["aggressive"] > 0, s.masks["tumor"] > 0
+            assert np.nanmean(score[hot]) > np.nanmean(score[tumour & ~hot])
+    with pytest.raises(ValueError, match="kind"):
+        model.attribution_volume(feats[0], kind="shap")
+
+
+def test_mil_model_is_reproducible(cohort):
+    _, feats, y = cohort
+    a = MILMarkerModel(random_state=3).fit(feats, y)
+    b = MILMarkerModel(random_state=3).fit(feats, y)
+    np.testing.assert_allclose(a.coef_, b.coef_)

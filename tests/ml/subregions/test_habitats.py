@@ -150,3 +150,16 @@ def test_embedding_block_is_reduced_by_pca(stack):
     model = HabitatModel(k=3, pca_components=4, random_state=0).fit(vf.frame)
     assert model.pca_.n_components_ == 4
     assert model.other_cols_ == ["ttp_min"]
+
+
+def test_min_tbr_keeps_the_active_tumour_and_context_features_are_local_means(stack):
+    full = voxel_features(stack, dynamic=("tbr", "tbr_local", "ttp_local"))
+    active = voxel_features(stack, dynamic=("tbr", "tbr_local"), min_tbr=3.0)
+    assert 0 < len(active.frame) < len(full.frame)
+    assert active.frame["tbr"].min() >= 3.0
+    # local means lie within the tumour's range and vary less than the voxel values
+    for raw, local in (("tbr", "tbr_local"),):
+        assert full.frame[local].between(full.frame[raw].min(), full.frame[raw].max()).all()
+        assert full.frame[local].std() < full.frame[raw].std()
+    with pytest.raises(ValueError, match="above TBR 100"):
+        voxel_features(stack, min_tbr=100.0)

@@ -123,3 +123,18 @@ def test_evaluation_figures_and_cis():
     assert list(ev.summary_frame().index) == ["suvmax", "coldest"]
     with pytest.raises(ValueError, match="empty"):
         evaluate_targets(targets, [np.zeros_like(truths[0])] * 4, [s.affine for s in stacks])
+
+
+def test_map_target_aims_at_the_centre_of_the_predicted_subregion(stack):
+    tumour, hot = stack.masks["tumor"] > 0, stack.masks["aggressive"] > 0
+    prob = np.where(tumour, hot.astype(float), np.nan)
+    prob[tuple(np.argwhere(hot)[0])] = 1.2  # a spike on the subregion's edge
+    peak = map_target(prob, tumour, stack.affine, smooth_fwhm_mm=0.0, margin_mm=0.0, aim="peak")
+    centre = map_target(prob, tumour, stack.affine, smooth_fwhm_mm=0.0, margin_mm=0.0, aim="centre")
+    assert dice(centre.subregion, hot) == 1.0
+    inside = border_distance_mm(hot, stack.affine)
+    assert inside[centre.voxel] == inside.max() > inside[peak.voxel]
+    # NaN voxels of a map (e.g. left out of the model) are never chosen
+    prob_nan = np.where(hot, np.nan, 1.0)
+    t = map_target(prob_nan, tumour, stack.affine, margin_mm=0.0)
+    assert not hot[t.voxel]
