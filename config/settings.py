@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "apps.jobs",
     "apps.quantification",
     "apps.registry",
+    "apps.subregions",
     "apps.audit",
     "reader_study",
     "apps.demo",

@@ -12,6 +12,7 @@ urlpatterns = [
     path("jobs/", include("apps.jobs.urls")),
     path("quantification/", include("apps.quantification.urls")),
     path("models/", include("apps.registry.urls")),
+    path("subregions/", include("apps.subregions.urls")),
     path("studies/", include("reader_study.urls")),
     path("audit/", include("apps.audit.urls")),
     path("admin/", admin.site.urls),

@@ -15,6 +15,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.permissions import RolePermission
+from reader_study.analysis.results import jsonable
+from reader_study.biopsy import biopsy_results
 from reader_study.exports import FORMATS, ExportError, study_export
 from reader_study.results import RESULTS_STUDY_ROLES, results_studies_for, study_results_cached
 
@@ -32,7 +34,11 @@ class StudyResultsAPI(_StudyResultsAPI):
 
     @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, slug):
-        return Response(study_results_cached(self.get_study(slug)).to_dict())
+        study = self.get_study(slug)
+        data = study_results_cached(study).to_dict()
+        if study.task == "biopsy_target":  # hit rates of the placed targets, unaided vs aided
+            data["biopsy_targets"] = jsonable(biopsy_results(study))
+        return Response(data)
 
 
 class StudyExportAPI(_StudyResultsAPI):

@@ -14,6 +14,7 @@ from django.views import View
 
 from apps.accounts.permissions import RoleRequiredMixin
 from reader_study.analysis import or_analysis, plot_forest, plot_roc
+from reader_study.biopsy import biopsy_results
 from reader_study.exports import FORMATS, ExportError, study_export
 from reader_study.models import Arm, Study
 from reader_study.results import (
@@ -148,7 +149,9 @@ class ResultsView(_ResultsMixin, View):
 
     def get(self, request, slug):
         study = self.get_study(slug)
-        return render(request, "reader_study/results.html", results_page(study_results_cached(study)))
+        ctx = results_page(study_results_cached(study))
+        ctx["biopsy"] = biopsy_results(study)  # biopsy-target studies: hit rates (reader_study.biopsy)
+        return render(request, "reader_study/results.html", ctx)
 
 
 class ResultsFigureView(_ResultsMixin, View):

@@ -28,6 +28,7 @@ from apps.accounts.permissions import MANAGE_ROLES, is_admin, sites_for
 from apps.cohorts.models import Mask, Volume
 from apps.quantification.models import ExamQuantification
 from apps.registry.models import Prediction
+from reader_study import biopsy
 from reader_study.explanations import OUTCOME_WORDING, explain_prediction, model_card
 from reader_study.models import (
     Arm,
@@ -265,6 +266,8 @@ def _what_for(arm: str):
             return f"map:{obj[1]}"
         if obj == "heatmap":
             return "heatmap" if arm == Arm.AIDED else None
+        if obj == biopsy.AGGRESSIVENESS:  # the subregion map of a biopsy study's aided arm
+            return obj if arm == Arm.AIDED else None
         return None
 
     return what
@@ -338,6 +341,7 @@ def _viewer_template(case: StudyCase, arm: str, *, heatmap: bool) -> dict | None
     computed once per exam, arm kind and heat map, then kept :data:`VIEWER_CONFIG_CACHE_SECONDS` (it
     reads the volumes, masks and quantification: about a third of a case open otherwise)."""
     key = f"reader_study:viewer:{_generation[0]}:{case.exam_id}:{'aided' if arm == Arm.AIDED else 'unaided'}:{int(heatmap)}"
+    key += f":study{case.study_id}"  # the aided arm of a biopsy study adds the study's subregion map
     cached = cache.get(key)
     if cached is not None:
         return cached.get("config")
@@ -357,6 +361,7 @@ def _viewer_template(case: StudyCase, arm: str, *, heatmap: bool) -> dict | None
         config = exam_viewer_config(exam, url_for=url_for, heatmap_url=url_for("heatmap") if heatmap else None)
     if config is None:
         config = _fallback_viewer_config(exam, url_for)
+    config = biopsy.aided_layers(config, case, arm, url_for)
     config = _scrub(config) if config else None
     cache.set(key, {"config": config}, VIEWER_CONFIG_CACHE_SECONDS)
     return config

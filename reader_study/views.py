@@ -24,7 +24,7 @@ from apps.audit.services import audit_record
 from apps.cohorts.models import Cohort, Mask, Volume
 from apps.cohorts.selectors import exams_visible
 from apps.quantification.models import ExamQuantification
-from reader_study import selectors, services
+from reader_study import biopsy, selectors, services
 from reader_study.forms import QuestionnaireForm, ReadingForm, StudyForm
 from reader_study.models import Arm, Design, Reading, StudyReader, StudyStatus
 from reader_study.signing import (
@@ -370,4 +370,8 @@ def _image_file(case, grant) -> tuple[str, str]:
         stored = (prediction.explanation or {}).get("heatmap") if prediction else None
         if stored:
             return stored, hashlib.sha256(stored.encode()).hexdigest()
+    elif what == biopsy.AGGRESSIVENESS and grant.arm == Arm.AIDED:
+        stored = biopsy.aggressiveness_file(case)
+        if stored:
+            return stored
     raise Http404("no such image")

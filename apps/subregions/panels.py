@@ -1,0 +1,77 @@
+"""The exam page's subregion panel and the habitat / target layers of its viewer."""
+from __future__ import annotations
+
+from django.urls import reverse
+
+from apps.subregions.models import TARGET_METHODS, TARGET_WORDING, SubregionMap
+
+#: Marker colours of the targets (CSS), the learned map first.
+TARGET_COLORS = {"map": "#39ff14", "suvmax": "#ffd24a", "earliest_ttp": "#00d5ff"}
+HABITAT_COLORMAP = "jet"
+
+
+def _jet(x: float) -> str:
+    """CSS colour of NiiVue's/matplotlib's ``jet`` at x in [0, 1] (approximation for the legend)."""
+    def ch(c: float) -> int:
+        return int(255 * max(0.0, min(1.0, 1.5 - abs(4 * x - c))))
+    return f"#{ch(3):02x}{ch(2):02x}{ch(1):02x}"
+
+
+def habitat_colors(n: int) -> list[str]:
+    """Legend colours of habitats 1..n as the overlay shows them (window 0.5 .. n + 0.5)."""
+    return [_jet((h + 0.5) / n) for h in range(n)]
+
+
+def target_text(method: str, t: dict) -> str:
+    """``Biopsy target (learned map): x, y, z mm scanner; 5 mm from the tumour border``."""
+    where = t.get("scanner_mm") or t["mni_mm"]
+    frame = f"mm scanner ({t.get('scanner_reference') or 'T1c'})" if t.get("scanner_mm") else "mm MNI"
+    text = (f"{TARGET_WORDING.get(method, method)}: {where[0]:.1f}, {where[1]:.1f}, {where[2]:.1f} {frame}; "
+            f"{t['border_distance_mm']:.0f} mm from the tumour border")
+    if t.get("fallback"):
+        text += f" (tumour too small for the {t['margin_mm']:g} mm margin: deepest point)"
+    return text
+
+
+def latest_map(exam) -> SubregionMap | None:
+    return (SubregionMap.objects.filter(exam=exam).select_related("model_version")
+            .order_by("-created_at", "-pk").first())
+
+
+def subregion_layers(config: dict, exam, user) -> None:
+    """The latest mapping's habitats (label overlay), aggressiveness map and target markers."""
+    sm = latest_map(exam)
+    if sm is None:
+        return
+    k = sm.n_habitats
+    config["overlays"].append({
+        "key": "habitats", "url": reverse("subregions:file", args=[sm.pk, "habitats"]), "name": "Habitats",
+        "filename": "habitats.nii.gz", "colormap": HABITAT_COLORMAP, "opacity": 0.45, "visible": True,
+        "unit": "habitat", "cal_min": 0.5, "cal_max": k + 0.5,
+        "description": f"{k} tumour habitats (1 = earliest TTP); legend under the viewer",
+    })
+    config["overlays"].append({
+        "key": "aggressiveness", "url": reverse("subregions:file", args=[sm.pk, "aggressiveness"]),
+        "name": "Aggressiveness map", "filename": "aggressiveness.nii.gz", "colormap": "hot", "opacity": 0.6,
+        "visible": False, "unit": "a.u.", "cal_min": 1e-4,
+        "description": "voxel contribution towards the aggressive class (positive part shown)",
+    })
+    for method in TARGET_METHODS:
+        t = sm.targets.get(method)
+        if t:
+            config["markers"].append({"name": TARGET_WORDING[method], "mm": t["mni_mm"],
+                                      "color": TARGET_COLORS[method]})
+
+
+def subregions_panel(exam, user) -> dict | None:
+    maps = list(SubregionMap.objects.filter(exam=exam).select_related("model_version", "cohort")
+                .order_by("-created_at", "-pk"))
+    if not maps:
+        return None
+    shown = maps[0]
+    colors = habitat_colors(shown.n_habitats)
+    habitats = [{**h, "color": colors[h["habitat"] - 1]} for h in shown.habitat_summary]
+    targets = [{"method": m, "name": TARGET_WORDING[m], "color": TARGET_COLORS[m], "text": target_text(m, t), **t}
+               for m in TARGET_METHODS if (t := shown.targets.get(m))]
+    return {"template": "subregions/_exam_panel.html", "shown": shown, "others": maps[1:],
+            "habitats": habitats, "targets": targets}
