@@ -72,12 +72,25 @@ def _mask(mask: np.ndarray, name: str, shape: tuple[int, ...] | None = None) -> 
     return m > 0
 
 
+def _bbox(mask: np.ndarray, pad: int) -> tuple[slice, slice, slice]:
+    """Slices of the mask's bounding box grown by ``pad`` voxels (clipped to the grid)."""
+    idx = np.argwhere(mask)
+    if len(idx) == 0:
+        return tuple(slice(0, n) for n in mask.shape)  # type: ignore[return-value]
+    lo = np.maximum(idx.min(0) - pad, 0)
+    hi = np.minimum(idx.max(0) + pad + 1, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))  # type: ignore[return-value]
+
+
 def border_distance_mm(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Distance (mm) of each mask voxel centre to the nearest voxel centre outside the mask
     (0 outside), shape (X, Y, Z). The grid is padded so the array edge counts as outside."""
     m = _mask(mask, "mask")
-    padded = np.pad(m, 1, constant_values=False)
-    return ndi.distance_transform_edt(padded, sampling=_voxel_sizes(affine))[1:-1, 1:-1, 1:-1]
+    out = np.zeros(m.shape, dtype=np.float64)
+    box = _bbox(m, 1)  # the nearest outside voxel of a mask voxel is inside its grown bounding box
+    padded = np.pad(m[box], 1, constant_values=False)
+    out[box] = ndi.distance_transform_edt(padded, sampling=_voxel_sizes(affine))[1:-1, 1:-1, 1:-1]
+    return out
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -95,9 +108,13 @@ def smooth_in_mask(values: np.ndarray, mask: np.ndarray, affine: np.ndarray, fwh
     if fwhm_mm <= 0:
         return v
     sigma = fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))) / _voxel_sizes(affine)
-    num = ndi.gaussian_filter(v, sigma, mode="constant")
-    den = ndi.gaussian_filter(m.astype(np.float64), sigma, mode="constant")
-    return np.where(m, num / np.maximum(den, 1e-12), 0.0)
+    # Only mask voxels contribute: the mask's box grown by the kernel's reach gives the same values.
+    box = _bbox(m, int(np.ceil(4.0 * float(sigma.max()))) + 1)
+    num = ndi.gaussian_filter(v[box], sigma, mode="constant")
+    den = ndi.gaussian_filter(m[box].astype(np.float64), sigma, mode="constant")
+    out = np.zeros(m.shape, dtype=np.float64)
+    out[box] = np.where(m[box], num / np.maximum(den, 1e-12), 0.0)
+    return out
 
 
 @dataclass(frozen=True)
@@ -189,10 +206,14 @@ def target_from_map(
     voxel = tuple(int(v) for v in idx)
     a = np.asarray(affine, dtype=np.float64)
     point = a @ np.array([*voxel, 1.0])
-    ijk = np.indices(s.shape, dtype=np.float64).reshape(3, -1)
+    reach = int(np.ceil(radius_mm / float(_voxel_sizes(a).min()))) + 1
+    box = tuple(slice(max(v - reach, 0), min(v + reach + 1, n)) for v, n in zip(voxel, s.shape))
+    ijk = np.indices(tuple(b.stop - b.start for b in box), dtype=np.float64).reshape(3, -1)
+    ijk += np.array([b.start for b in box], dtype=np.float64)[:, None]
     world = (a[:3, :3] @ ijk).T + a[:3, 3]
-    ball = (np.linalg.norm(world - point[:3], axis=1) <= radius_mm).reshape(s.shape)
-    region = ball & m
+    region = np.zeros(s.shape, dtype=bool)
+    region[box] = (np.linalg.norm(world - point[:3], axis=1) <= radius_mm).reshape(region[box].shape)
+    region &= m
     return BiopsyTarget(
         method=method, voxel=voxel, point_mm=tuple(float(v) for v in point[:3]),
         margin_mm=float(margin_mm), border_distance_mm=float(dist[voxel]), radius_mm=float(radius_mm),
@@ -234,11 +255,8 @@ def map_target(
     sub = _largest_component(sub)
     score = sm
     if aim == "centre":
-        sizes = _voxel_sizes(affine)
-        inside = ndi.distance_transform_edt(np.pad(sub, 1), sampling=sizes)[1:-1, 1:-1, 1:-1]
-        outside = ndi.distance_transform_edt(~sub, sampling=sizes)
         span = max(hi - lo, 1e-12)
-        score = inside - outside + 1e-3 * (sm - lo) / span
+        score = _signed_depth(sub, m, affine) + 1e-3 * (sm - lo) / span
     return target_from_map(np.where(valid, score, np.nan), m, affine, method=method, subregion=sub, **kwargs)
 
 
@@ -256,6 +274,20 @@ def suvmax_target(
         raise ValueError(f"{method}: the tumour mask is empty")
     sub = m & (s >= iso * float(np.nanmax(np.where(m, s, np.nan))))
     return target_from_map(np.where(m, s, np.nan), m, affine, method=method, subregion=sub, **kwargs)
+
+
+def _signed_depth(region: np.ndarray, within: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Signed distance (mm) to the border of ``region`` (positive inside: distance to the nearest
+    voxel outside it; negative outside: minus the distance to the nearest region voxel), exact on
+    the voxels of ``within`` (a mask containing ``region``), computed in ``within``'s box."""
+    sizes = _voxel_sizes(affine)
+    out = np.zeros(region.shape, dtype=np.float64)
+    box = _bbox(within | region, 1)
+    r = region[box]
+    inside = ndi.distance_transform_edt(np.pad(r, 1), sampling=sizes)[1:-1, 1:-1, 1:-1]
+    outside = ndi.distance_transform_edt(~r, sampling=sizes) if r.any() else np.full(r.shape, np.inf)
+    out[box] = inside - outside
+    return out
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -296,10 +328,7 @@ def earliest_ttp_target(
     central voxel that meets the margin). ``kwargs`` go to :func:`target_from_map`."""
     m = _mask(tumour_mask, "tumour_mask", np.shape(ttp_min))
     hot = earliest_ttp_cluster(ttp_min, m, n_clusters=n_clusters, random_state=random_state)
-    sizes = _voxel_sizes(affine)
-    inside = ndi.distance_transform_edt(np.pad(hot, 1), sampling=sizes)[1:-1, 1:-1, 1:-1]
-    outside = ndi.distance_transform_edt(~hot, sampling=sizes)
-    score = np.where(m, inside - outside, np.nan)
+    score = np.where(m, _signed_depth(hot, m, affine), np.nan)
     return target_from_map(score, m, affine, method=method, subregion=hot, **kwargs)
 
 
