@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--crop", type=int, default=32, help="crop edge in voxels (32 at 4 mm = 128 mm)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--min-steps", type=int, default=150,
+                        help="deep families: at least this many optimiser steps (small fractions get more epochs)")
     parser.add_argument("--arch", default="densenet", help="CNN architecture (resnet, densenet, densenet121)")
     parser.add_argument("--encoder", default=None, help="WP1 encoder checkpoint; default: random init")
     parser.add_argument("--no-radiomics", action="store_true", help="radiomics family: clinical parameters only")
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cohort: {len(cohort.keys)} labelled recurrence exams, {int(cohort.y.sum())} progression; sites "
           + ", ".join(f"{s}={sum(x == s for x in cohort.sites)}" for s in cohort.site_names), flush=True)
     load = StackLoader(index)
-    common = {"epochs": args.epochs, "crop": args.crop, "batch_size": args.batch_size}
+    common = {"epochs": args.epochs, "crop": args.crop, "batch_size": args.batch_size,
+              "min_steps": args.min_steps}
     factories = {}
     for fam in families:
         if fam == "cnn":
@@ -178,7 +181,7 @@ def write_docs(args, lc, summary, delong_lines, loso_lines, wall, cohort) -> Non
         f"* label fractions {lc.config['fractions']}, seeds {lc.config['seeds']}, nested labelled subsets; "
         "validation = 20% of the labelled patients (early stopping, Platt calibration, Youden cut-off);",
         f"* deep models: crop {args.crop}^3 voxels centred on the lesion, {args.epochs} epochs max, batch "
-        f"{args.batch_size}, CNN `{args.arch}`; foundation encoder: {enc};",
+        f"{args.batch_size}, at least {args.min_steps} steps, CNN `{args.arch}`; foundation encoder: {enc};",
         f"* radiomics: clinical PET parameters{'' if args.no_radiomics else ' + IBSI radiomics of the TBR'}, "
         "impute/standardise/SelectKBest/logistic regression with an inner CV grid; T/S max rule: Youden cut-off;",
         f"* {args.bootstrap} bootstrap resamples; wall time {wall / 60:.1f} min on the shared 2-core CPU "

@@ -78,10 +78,12 @@ class CnnClassifier(DeepClassifier):
 
     def __init__(self, *, arch: str = "resnet", width: int = 16, dropout: float = 0.2, crop: int = 48,
                  epochs: int = 30, batch_size: int = 8, lr: float = 1e-3, weight_decay: float = 1e-4,
-                 augment: bool = True, patience: int = 8, device: str = "cpu", random_state: int = 0,
+                 augment: bool = True, patience: int = 8, min_steps: int = 0, device: str = "cpu",
+                 random_state: int = 0,
                  verbose: bool = False) -> None:
         super().__init__(crop=crop, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                         augment=augment, patience=patience, device=device, random_state=random_state,
+                         augment=augment, patience=patience, min_steps=min_steps, device=device,
+                         random_state=random_state,
                          verbose=verbose)
         self.arch = arch
         self.width = width

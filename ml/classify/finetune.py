@@ -81,10 +81,12 @@ class FoundationClassifier(DeepClassifier):
 
     def __init__(self, *, encoder_path: str | None = None, mode: str = "finetune", encoder_lr_mult: float = 0.1,
                  dropout: float = 0.1, crop: int = 48, epochs: int = 30, batch_size: int = 8, lr: float = 1e-3,
-                 weight_decay: float = 1e-4, augment: bool = True, patience: int = 8, device: str = "cpu",
+                 weight_decay: float = 1e-4, augment: bool = True, patience: int = 8, min_steps: int = 0,
+                 device: str = "cpu",
                  random_state: int = 0, verbose: bool = False) -> None:
         super().__init__(crop=crop, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                         augment=augment, patience=patience, device=device, random_state=random_state,
+                         augment=augment, patience=patience, min_steps=min_steps, device=device,
+                         random_state=random_state,
                          verbose=verbose)
         self.encoder_path = encoder_path
         self.mode = mode

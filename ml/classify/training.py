@@ -57,6 +57,8 @@ class DeepClassifier(ClassifierMixin, BaseEstimator):
         weight_decay: AdamW weight decay.
         augment: apply :class:`Augmenter` during training.
         patience: epochs without a lower validation loss before stopping (with validation data).
+        min_steps: at least this many optimiser steps (more epochs when the training set is small,
+            so 10 % of the labels still get a comparable number of updates); 0: ``epochs`` only.
         device: torch device string.
         random_state: seed (int).
         verbose: print one line per epoch.
@@ -68,8 +70,8 @@ class DeepClassifier(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, *, crop: int = 48, epochs: int = 30, batch_size: int = 8, lr: float = 1e-3,
-                 weight_decay: float = 1e-4, augment: bool = True, patience: int = 8, device: str = "cpu",
-                 random_state: int = 0, verbose: bool = False) -> None:
+                 weight_decay: float = 1e-4, augment: bool = True, patience: int = 8, min_steps: int = 0,
+                 device: str = "cpu", random_state: int = 0, verbose: bool = False) -> None:
         self.crop = crop
         self.epochs = epochs
         self.batch_size = batch_size
@@ -77,6 +79,7 @@ class DeepClassifier(ClassifierMixin, BaseEstimator):
         self.weight_decay = weight_decay
         self.augment = augment
         self.patience = patience
+        self.min_steps = min_steps
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -133,7 +136,9 @@ class DeepClassifier(ClassifierMixin, BaseEstimator):
         in_channels = images[0].shape[0]
         network = self._build_network(in_channels).to(self.device)
         optimiser = torch.optim.AdamW(self._param_groups(network), weight_decay=self.weight_decay)
-        steps = self.epochs * int(np.ceil(len(X) / self.batch_size))
+        per_epoch = int(np.ceil(len(X) / self.batch_size))
+        n_epochs = max(self.epochs, int(np.ceil(self.min_steps / per_epoch)))
+        steps = n_epochs * per_epoch
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, steps))
         pos_weight = torch.tensor([(yy == 0).sum() / max(1, (yy == 1).sum())], dtype=torch.float32,
                                   device=self.device)
@@ -145,7 +150,7 @@ class DeepClassifier(ClassifierMixin, BaseEstimator):
             val_loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
         history: list[dict[str, float]] = []
         best_state, best_loss, best_epoch, since_best = None, np.inf, 0, 0
-        for epoch in range(self.epochs):
+        for epoch in range(n_epochs):
             te = time.perf_counter()
             network.train()
             order = rng.permutation(len(X))

@@ -135,3 +135,9 @@ def test_foundation_rejects_an_encoder_of_another_grid(phantom_stacks, phantom_c
         FoundationClassifier(mode="zero-shot").fit(X, y)
     with pytest.raises(ValueError, match="does not exist"):
         FoundationClassifier(encoder_path=str(tmp_path / "none.pt"), crop=16).fit(X, y)
+
+
+def test_min_steps_adds_epochs_for_small_training_sets(phantom_stacks, phantom_cohort):
+    X, y = _xy(phantom_stacks, phantom_cohort)
+    clf = CnnClassifier(arch="densenet", crop=16, epochs=1, min_steps=7, batch_size=4, random_state=0).fit(X, y)
+    assert len(clf.history_) == 3  # 12 cases / batch 4 = 3 steps per epoch -> 3 epochs for >= 7 steps
