@@ -51,7 +51,8 @@ __all__ = [
     "placement_values",
 ]
 
-_EPS = 1e-6
+_EPS = 1e-12
+_MIN_SLOPE = 1e-3
 
 
 def _check_binary(y_true: Any, prob: Any, what: str = "prob") -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +126,7 @@ def calibration_stats(y_true: Any, prob: Any) -> CalibrationStats:
 
     Args:
         y_true: 0/1 truth (N,).
-        prob: predicted probability of class 1 (N,), clipped to ``[1e-6, 1 - 1e-6]`` before the
+        prob: predicted probability of class 1 (N,), clipped to ``[1e-12, 1 - 1e-12]`` before the
             logit.
 
     Returns:
@@ -146,7 +147,8 @@ class PostHocCalibrator(BaseEstimator):
     """Maps raw probabilities to calibrated ones; fit it on validation predictions only.
 
     Args:
-        method: ``"platt"`` (logistic regression on ``logit p``, unpenalised) or ``"isotonic"``
+        method: ``"platt"`` (logistic regression on ``logit p``, unpenalised; the slope is kept
+            >= 1e-3 so the map never reverses the model's ranking) or ``"isotonic"``
             (monotone, clipped to [0, 1], out-of-range inputs mapped to the end values).
 
     Attributes:
@@ -178,6 +180,10 @@ class PostHocCalibrator(BaseEstimator):
                 from sklearn.linear_model import LogisticRegression
                 lr = LogisticRegression(C=10.0).fit(lp.reshape(-1, 1), y)
                 beta = np.array([lr.intercept_[0], lr.coef_[0, 0]])
+            if beta[1] < _MIN_SLOPE:
+                # a calibration map must not reverse the ranking (tiny validation sets can suggest
+                # it): keep the slope at a small positive value and refit the intercept only
+                beta = np.array([_logistic_fit(y, None, _MIN_SLOPE * lp)[0], _MIN_SLOPE])
             self.intercept_, self.coef_ = float(beta[0]), float(beta[1])
         else:
             self.isotonic_ = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p, y)

@@ -558,7 +558,7 @@ class LearningCurveResult:
             a, b = self.fold(family_a, fraction, seed), self.fold(family_b, fraction, seed)
             if a.test_keys != b.test_keys:
                 raise ValueError("delong: the two folds were not tested on the same cases")
-            out.append(delong_test(a.y_test, a.prob_raw, b.prob_raw))
+            out.append(delong_test(a.y_test, a.prob, b.prob))  # the probabilities the table reports
         return out
 
     def figure(self) -> Figure:

@@ -158,3 +158,13 @@ def test_bootstrap_auc_ci_covers_the_true_auc_about_95_percent():
         r = classification_report("c", y, p, n_bootstrap=300, seed=rep)
         covered += r.metrics["auc"].lower <= true_auc <= r.metrics["auc"].upper
     assert 0.85 <= covered / n_rep <= 1.0
+
+
+def test_platt_never_reverses_the_ranking():
+    # validation data where the score is inversely related to the truth
+    p_val = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+    y_val = np.array([1, 1, 1, 0, 0, 1])
+    cal = PostHocCalibrator("platt").fit(p_val, y_val)
+    assert cal.coef_ > 0
+    p = np.linspace(0.01, 0.99, 50)
+    assert np.all(np.diff(cal.transform(p)) >= 0)
