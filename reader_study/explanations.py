@@ -179,3 +179,22 @@ def model_card(model_version, *, n_development_sites: int | None = None) -> dict
         "warnings": warnings,
         "threshold": model_version.threshold,
     }
+
+
+def heatmap_file(prediction) -> str | None:
+    """Stored NIfTI (common grid) of the heat map the aided arm shows for ``prediction``, or None.
+
+    ``explanation["heatmap"]`` when the model stored one; otherwise the deep model's explanation map
+    (``Prediction.maps``, ``{method: stored file}``) of the method that scored best on faithfulness
+    (``ml.explain.METHOD_PREFERENCE``, measured by bench/bench_explain.py).
+    """
+    if prediction is None:
+        return None
+    stored = (prediction.explanation or {}).get("heatmap")
+    if stored:
+        return stored
+    maps = getattr(prediction, "maps", None) or {}
+    from ml.explain.attributions import preferred_method  # torch/captum: only when a map is asked
+
+    method = preferred_method(maps)
+    return maps[method] if method else None

@@ -29,7 +29,7 @@ from apps.cohorts.models import Mask, Volume
 from apps.quantification.models import ExamQuantification
 from apps.registry.models import Prediction
 from reader_study import biopsy
-from reader_study.explanations import OUTCOME_WORDING, explain_prediction, model_card
+from reader_study.explanations import OUTCOME_WORDING, explain_prediction, heatmap_file, model_card
 from reader_study.models import (
     Arm,
     Assignment,
@@ -388,7 +388,7 @@ def case_viewer_config(reader: StudyReader, case: StudyCase, arm: str, *,
         prediction = None
     elif prediction is None or prediction.exam_id != case.exam_id:
         prediction = ai_prediction(reader.study, case)
-    heatmap = bool(prediction and (prediction.explanation or {}).get("heatmap"))
+    heatmap = bool(heatmap_file(prediction))
     template = _viewer_template(case, arm, heatmap=heatmap)
     if template is None:
         return None
@@ -471,7 +471,7 @@ def ai_panel(reader: StudyReader, case: StudyCase, arm: str, *, assignment: Assi
         "threshold_pct": round(100 * prediction.threshold),
         "features": explain_prediction(prediction.explanation or {}, task=mv.task, references=refs),
         "card": model_card(mv, n_development_sites=n_sites),
-        "has_heatmap": bool((prediction.explanation or {}).get("heatmap")),
+        "has_heatmap": bool(heatmap_file(prediction)),
     }
 
 

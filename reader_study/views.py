@@ -25,6 +25,7 @@ from apps.cohorts.models import Cohort, Mask, Volume
 from apps.cohorts.selectors import exams_visible
 from apps.quantification.models import ExamQuantification
 from reader_study import biopsy, selectors, services
+from reader_study.explanations import heatmap_file
 from reader_study.forms import QuestionnaireForm, ReadingForm, StudyForm
 from reader_study.models import Arm, Design, Reading, StudyReader, StudyStatus
 from reader_study.signing import (
@@ -367,7 +368,7 @@ def _image_file(case, grant) -> tuple[str, str]:
             return field.name, hashlib.sha256(field.name.encode()).hexdigest()
     elif what == "heatmap" and grant.arm == Arm.AIDED:
         prediction = selectors.ai_prediction(case.study, case)
-        stored = (prediction.explanation or {}).get("heatmap") if prediction else None
+        stored = heatmap_file(prediction)
         if stored:
             return stored, hashlib.sha256(stored.encode()).hexdigest()
     elif what == biopsy.AGGRESSIVENESS and grant.arm == Arm.AIDED:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from ml.classical.explain import ShapExplanation, shap_importance, shap_values
 from ml.explain.attributions import (
+    METHOD_PREFERENCE,
+    METHOD_WORDING,
     METHODS,
     UnsupportedLayerError,
     attribution_map,
     available_methods,
     lrp_blockers,
     normalise_map,
+    preferred_method,
     save_map_nifti,
 )
 from ml.explain.faithfulness import (
@@ -30,6 +33,9 @@ from ml.explain.faithfulness import (
 
 __all__ = [
     "METHODS",
+    "METHOD_PREFERENCE",
+    "METHOD_WORDING",
+    "preferred_method",
     "FaithfulnessResult",
     "MaskOverlap",
     "PerturbationCurve",

@@ -45,6 +45,9 @@ from ml.io.nifti import save_nifti
 
 __all__ = [
     "METHODS",
+    "METHOD_PREFERENCE",
+    "METHOD_WORDING",
+    "preferred_method",
     "UnsupportedLayerError",
     "attribution_map",
     "available_methods",
@@ -54,6 +57,17 @@ __all__ = [
 ]
 
 METHODS = ("integrated_gradients", "occlusion", "gradcam", "lrp")
+#: Methods by decreasing faithfulness measured by bench/bench_explain.py (docs/results_wp3_explanations.md):
+#: the platform stores and the reader study's aided arm shows the first one a model allows.
+METHOD_PREFERENCE = ("integrated_gradients", "occlusion", "gradcam", "lrp")
+#: What each method's map says, for the viewer's layer name and description.
+METHOD_WORDING = {
+    "integrated_gradients": ("AI map (integrated gradients)",
+                             "voxels whose intensity pushed the model towards its answer (relative, 0-1)"),
+    "occlusion": ("AI map (occlusion)", "how much the answer drops when a 16 mm block is hidden (relative, 0-1)"),
+    "gradcam": ("AI map (Grad-CAM)", "regions the model's last layer attended to, coarse (relative, 0-1)"),
+    "lrp": ("AI map (LRP)", "relevance propagated back from the answer to the voxels (relative, 0-1)"),
+}
 
 #: Leaf modules LRP propagates through with the epsilon rule (linear, pooling, eval-mode batch
 #: norm, reshaping); captum's own table covers only their 2D versions.
@@ -194,6 +208,12 @@ def _window_starts(n: int, w: int, s: int) -> list[int]:
     return list(range(0, n - w + 1, s))  # as captum's Occlusion: the tail past the last stride is not occluded
 
 
+def _repeat_args(args: tuple, n: int) -> tuple:
+    """Extra forward arguments of one case (e.g. ``origin_mm`` (1, 3)) repeated for a batch of ``n``."""
+    return tuple(a.expand(n, *a.shape[1:]) if torch.is_tensor(a) and a.ndim > 0 and a.shape[0] == 1 else a
+                 for a in args)
+
+
 def _occlusion(f: nn.Module, x: torch.Tensor, *, window: int | Sequence[int] = 8,
                stride: int | Sequence[int] | None = None, baseline: float | torch.Tensor = 0.0,
                mask: np.ndarray | None = None, perturbations_per_eval: int = 8,
@@ -236,7 +256,7 @@ def _occlusion(f: nn.Module, x: torch.Tensor, *, window: int | Sequence[int] = 8
             boxes = [(slice(a, a + win[0]), slice(b, b + win[1]), slice(c, c + win[2])) for a, b, c in chunk]
             for j, box in enumerate(boxes):
                 batch[(j, slice(None), *box)] = base[(0, slice(None), *box)]
-            drop = (y0 - f(batch, *args)).double()
+            drop = (y0 - f(batch, *_repeat_args(args, len(chunk)))).double()
             for j, box in enumerate(boxes):
                 total[box] += drop[j]
                 count[box] += 1
@@ -459,3 +479,13 @@ def save_map_nifti(attribution: np.ndarray, affine: np.ndarray, path: str | Path
     if aff.shape != (4, 4) or abs(np.linalg.det(aff[:3, :3])) < 1e-12:
         raise ValueError(f"affine must be an invertible 4x4 matrix, got shape {aff.shape}")
     return save_nifti(a.astype(np.float32), aff, path)
+
+
+def preferred_method(methods: Sequence[str] | dict[str, object]) -> str | None:
+    """The first of :data:`METHOD_PREFERENCE` among ``methods`` (e.g. the keys of a prediction's maps),
+    else the first unknown name in sorted order, None when there is none."""
+    names = list(methods)
+    for m in METHOD_PREFERENCE:
+        if m in names:
+            return m
+    return sorted(names)[0] if names else None
