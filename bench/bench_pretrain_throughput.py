@@ -126,12 +126,16 @@ def ours_epochs(index: pd.DataFrame, config: PretrainConfig, *, epochs: int, out
 
 
 def compare(index: pd.DataFrame, config: PretrainConfig, *, rounds: int, epochs: int, out: Path,
-            device: torch.device, bf16_plain: bool = False) -> tuple[float, float]:
-    """Alternating rounds; returns the medians (ours, plain) of the per-epoch rates after warm-up."""
+            device: torch.device, bf16_plain: bool = False, plain_workers: int = 0) -> tuple[float, float]:
+    """Alternating rounds; returns the medians (ours, plain) of the per-epoch rates after warm-up.
+
+    ``plain_workers``: DataLoader workers of the plain loop (the tutorial uses 4; ours uses the
+    config's ``num_workers``)."""
     ours, plain = [], []
     model = plain_monai_model(config)
     for r in range(rounds):
-        rates = plain_monai_epochs(index, config, epochs=epochs, device=device, bf16=bf16_plain, model=model)
+        rates = plain_monai_epochs(index, config, epochs=epochs, device=device, bf16=bf16_plain, model=model,
+                                   num_workers=plain_workers)
         plain += rates[1:] if r == 0 and len(rates) > 1 else rates
         rates = ours_epochs(index, config, epochs=epochs, out=out / f"round{r}")
         ours += rates[1:] if len(rates) > 1 else rates

@@ -103,12 +103,13 @@ def main() -> int:
     e = config.encoder
     print(f"crop {e.img_size}, patch {e.patch_size}, hidden {e.hidden_size}, {e.num_layers} layers, "
           f"batch {config.batch_size}", flush=True)
+    workers = 0 if args.dry_run else config.num_workers  # the tutorial's 4 on a GPU machine
     ours, plain32 = compare(index, config, rounds=args.rounds, epochs=args.epochs, out=out / "fp32",
-                            device=device, bf16_plain=False)
+                            device=device, bf16_plain=False, plain_workers=workers)
     results = {"ours_bf16": ours, "plain_fp32": plain32}
     if device.type == "cuda":
         ours2, plain16 = compare(index, config, rounds=1, epochs=args.epochs, out=out / "bf16", device=device,
-                                 bf16_plain=True)
+                                 bf16_plain=True, plain_workers=workers)
         results.update(ours_bf16_2=ours2, plain_bf16=plain16,
                        peak_gib=torch.cuda.max_memory_allocated() / 2 ** 30)
     print(f"ours (bf16 autocast on CUDA)          {ours:8.2f} samples/s")
