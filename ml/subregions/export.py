@@ -121,11 +121,12 @@ def series_affine(datasets: Sequence[pydicom.Dataset]) -> np.ndarray:
 
 
 def source_series_from_grid(values: np.ndarray, affine: np.ndarray, out_dir: str | Path,
-                            *, header: dict | None = None) -> list[pydicom.Dataset]:
-    """Minimal source images for an exam without DICOM: a static PET series of ``values``
-    (X, Y, Z) on the grid ``affine``, written to ``out_dir`` and read back (slice order)."""
+                            *, header: dict | None = None, modality: str = "PT") -> list[pydicom.Dataset]:
+    """Minimal source images for an exam without DICOM: a static series (``modality`` ``"PT"``
+    or ``"MR"``) of ``values`` (X, Y, Z) on the grid ``affine``, written to ``out_dir`` and read
+    back (slice order)."""
     paths = write_series(np.nan_to_num(np.asarray(values, dtype=np.float64)), affine, out_dir,
-                         modality="PT", header=header)
+                         modality=modality, header=header)
     return _slice_sorted([pydicom.dcmread(p) for p in paths])
 
 
@@ -139,6 +140,7 @@ def write_region_seg(
     label: str = "Biopsy target",
     method: str = "map",
     tolerance_mm: float = 0.01,
+    source_modality: str = "PT",
 ) -> Path:
     """The target region as a DICOM SEG referencing the exam's series (module docstring).
 
@@ -151,6 +153,8 @@ def write_region_seg(
             in ``<stem>_source/`` so the reference can be resolved.
         label: segment label; method: algorithm name stored in the segment description.
         tolerance_mm: largest allowed difference between ``affine`` and the series geometry.
+        source_modality: modality of the minimal source series built without ``source_images``
+            (``"PT"`` for PET values, ``"MR"`` for a T1c).
 
     Raises:
         ValueError: an empty region, a grid that does not match the source series.
@@ -166,7 +170,7 @@ def write_region_seg(
         vals = np.zeros(r.shape) if source_values is None else np.asarray(source_values, dtype=np.float64)
         if vals.shape != r.shape:
             raise ValueError(f"source_values {vals.shape} must match the region {r.shape}")
-        sources = source_series_from_grid(vals, affine, src_dir)
+        sources = source_series_from_grid(vals, affine, src_dir, modality=source_modality)
     else:
         sources = _slice_sorted(list(source_images))
     nx, ny, nz = r.shape

@@ -97,9 +97,10 @@ def test_region_seg_read_back_matches_geometry_and_mask(tmp_path, grid_target):
 
 def test_region_seg_builds_sources_when_the_exam_has_no_dicom(tmp_path, grid_target):
     affine, tumour, t = grid_target
-    path = write_region_seg(t.region, affine, tmp_path / "seg.dcm", source_values=tumour * 5.0)
+    path = write_region_seg(t.region, affine, tmp_path / "seg.dcm", source_values=tumour * 5.0,
+                            source_modality="MR")
     src = sorted((tmp_path / "seg_source").glob("*.dcm"))
-    assert len(src) == SHAPE[2]
+    assert len(src) == SHAPE[2] and pydicom.dcmread(src[0]).Modality == "MR"
     seg = hd.seg.segread(path)
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(src[0]).SeriesInstanceUID
 
