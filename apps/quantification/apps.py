@@ -13,3 +13,7 @@ class QuantificationConfig(AppConfig):
         from apps.quantification import panels  # handlers.py: imported by apps.jobs on first use
 
         register_exam_panel(panels.quantification_panel)
+        from apps.quantification.explanation_maps import explanation_layers
+        from apps.quantification.panels import register_exam_page_layers
+
+        register_exam_page_layers(explanation_layers)  # WP3 explanation maps, exam page only
