@@ -68,6 +68,54 @@ def markdown_table(summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def time_inference(threads: int, voxel_mm: float = 2.0, crop: int = 48) -> list[str]:
+    """Seconds for one case: calibrated probability + one explanation map, per deep family, at ``voxel_mm``.
+
+    A generator exam (suspected recurrence) resampled onto the common grid; the models are fitted for
+    one step (their cost does not depend on the weights).
+    """
+    import dataclasses
+
+    import torch
+
+    from ml.classify.artifact import TrainedClassifier
+    from ml.classify.cnn import CnnClassifier
+    from ml.classify.finetune import FoundationClassifier
+    from ml.foundation.data import stack_from_arrays
+    from ml.io.grid import common_grid, resample_to_grid
+    from ml.phantoms import make_exam
+
+    torch.set_num_threads(threads)
+    exam = make_exam(seed=3, patient_index=0, site=0, timepoint="suspected_recurrence")
+    grid = common_grid(voxel_mm)
+    f = exam.suv_factor
+    stack = stack_from_arrays(
+        t1c=resample_to_grid(exam.t1c.data, exam.t1c.affine, grid),
+        flair=resample_to_grid(exam.flair.data, exam.flair.affine, grid),
+        suv=np.maximum(resample_to_grid(exam.pet_static.data * f, exam.pet_static.affine, grid), 0),
+        affine=grid.affine, key="case",
+        masks={"tumor": resample_to_grid(exam.pet_masks["tumor"].astype(np.float32), exam.pet_static.affine, grid,
+                                         order=0)})
+    two = [stack, dataclasses.replace(stack, key="case2")]
+    lines = []
+    for name, est in (("cnn (densenet)", CnnClassifier(arch="densenet", crop=crop, epochs=1, batch_size=2)),
+                      ("cnn (resnet)", CnnClassifier(arch="resnet", crop=crop, epochs=1, batch_size=2)),
+                      ("foundation (ViT)", FoundationClassifier(crop=crop, epochs=1, batch_size=2))):
+        est.fit(two, [0, 1])
+        trained = TrainedClassifier(family="cnn" if "cnn" in name else "foundation", estimator=est,
+                                    calibrator=None, threshold=0.5)
+        for method in ("integrated_gradients", "occlusion"):
+            t0 = time.perf_counter()
+            trained.predict_proba([stack])
+            kw = {"window": 8} if method == "occlusion" else {}
+            amap = trained.explain(stack, method=method, **kw)
+            dt = time.perf_counter() - t0
+            lines.append(f"{name:<18} {method:<21} {dt:6.1f} s per case ({voxel_mm:g} mm grid, crop {crop}^3, "
+                         f"map {amap.shape}, {threads} thread(s))")
+            print(lines[-1], flush=True)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stacks", type=Path, default=Path("/work/data/stacks200_4mm"))
@@ -90,7 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench_classify")
     parser.add_argument("--write-docs", action="store_true",
                         help="write the table and plot into docs/results_wp3_classification.md and docs/figures")
+    parser.add_argument("--inference", action="store_true",
+                        help="only time inference + one explanation map per case (2 mm, 2 threads) and exit")
     args = parser.parse_args(argv)
+    if args.inference:
+        time_inference(threads=2)
+        return 0
 
     import torch
     torch.set_num_threads(args.threads)
