@@ -307,8 +307,8 @@ def embeddings_compute(*, model_version: ModelVersion, cohort: str | None = None
 
 # --- pretraining -------------------------------------------------------------------------------------
 
-#: Labels the linear probe and the retrieval use: task -> (time point, positive label).
-PROBE_TASKS = {"progression": ("suspected_recurrence", "progression"), "idh": ("initial_diagnosis", "mutant")}
+#: The linear probes the model page shows (ml.foundation.probe.PROBE_TASKS: time point, label, classes).
+PROBE_TASKS = ("progression", "idh")
 
 
 def _config_dict(config: dict | str | Path) -> dict:
@@ -371,42 +371,37 @@ def _log_new_epochs(metrics_file: Path, logged: dict, epochs: int, write_log: Ca
         tasks = "  ".join(f"{k} {row[k]:.4f}" for k in ("inpainting", "crossmodal", "contrastive") if k in row)
         write_log(f"epoch {int(row['epoch'])}/{epochs}: loss {row['loss']:.4f}  {tasks}  "
                   f"({row.get('volumes_per_s', 0):.1f} volumes/s)")
+        logged["summary"] = tasks.replace("  ", ", ")
     logged["epochs"] = len(rows)
 
 
-def foundation_pretrain(*, cohort: str, config: dict | str | Path, init: str | int | None = None,
-                        resume: bool = False, held_out: float = 0.2, name: str = "foundation-vit",
-                        k: int = 5, user=None, progress: Progress | None = None,
-                        log: Callable[[str], None] | None = None, run_key: str | None = None) -> ModelVersion:
-    """Pretrain a foundation encoder on a cohort's prepared exams and register it.
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """A pretraining run prepared from a cohort: its stacks, split and run folder."""
 
-    Steps: the channel stacks of the cohort's prepared exams at the encoder's voxel size; a
-    seeded ``held_out`` fraction of the patients kept out of pretraining; :func:`ml.foundation.pretrain`
-    on the rest (its run folder under ``MEDIA_ROOT/runs/foundation/<key>``, where ``key`` follows
-    from the config, cohort, exams and initialisation, so ``resume=True`` continues the same run);
-    then the representation's quality (:func:`_evaluate`: linear probe vs a random encoder,
-    retrieval, reconstructions of held-out exams, training curves). The version stores the
-    checkpoint with its SHA-256, the config, the exams seen, the parent (``init``), metrics and plots.
+    cohort: Cohort
+    cfg: dict
+    config: Any  # ml.foundation.config.PretrainConfig
+    index: pd.DataFrame  # every prepared exam of the cohort
+    train_index: pd.DataFrame  # without the held-out patients
+    held: set[str]
+    held_out: float
+    init: str | None
+    init_path: Path | None
+    parent: ModelVersion | None
+    key: str
 
-    Args:
-        cohort: cohort name.
-        config: a :class:`~ml.foundation.config.PretrainConfig` as a dict, or a YAML file.
-        init: a model version id or a local checkpoint file to start from (matching weights are
-            loaded, the rest reported; nothing is downloaded).
-        resume: continue the run of the same key from its last checkpoint.
-        held_out: fraction of the patients kept out of pretraining (reconstructions, retrieval queries).
-        name: the registered model's name (versions count up per name).
-        k: neighbours shown per retrieval query.
-        progress: ``callable(percent, message)``; ``log``: ``callable(line)`` for per-epoch losses.
+    @property
+    def run_dir(self) -> Path:
+        return _run_dir(self.key)
 
-    Raises:
-        FoundationError: unknown cohort, bad config, no prepared exam, bad ``init``.
-    """
-    from ml.foundation import train as ml_train
+
+def _prepare_run(*, cohort: str, config: dict | str | Path, init: str | int | None, held_out: float,
+                 report: Progress, write_log: Callable[[str], None]) -> _Run:
     from ml.foundation.config import PretrainConfig
 
-    report = progress or _noop
-    write_log = log or (lambda line: None)
+    if not 0 <= held_out < 1:
+        raise FoundationError(f"held_out must be in [0, 1), got {held_out}")
     cohort_obj = Cohort.objects.filter(name=cohort).first()
     if cohort_obj is None:
         raise FoundationError(f"no cohort named {cohort!r}")
@@ -431,27 +426,69 @@ def foundation_pretrain(*, cohort: str, config: dict | str | Path, init: str | i
         raise FoundationError(f"cohort {cohort!r}: no patient left to pretrain on (held_out={held_out})")
     key_src = json.dumps({"config": cfg, "cohort": cohort, "exams": list(train_index.index),
                           "init": str(init_path and init_path.resolve()), "held_out": held_out}, sort_keys=True)
-    run_key = run_key or hashlib.sha256(key_src.encode()).hexdigest()[:16]
-    run_dir = _run_dir(run_key)
-    if not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
-    write_log(f"pretraining on {len(train_index)} exams of {train_index['patient'].nunique()} patients; "
-              f"{len(index) - len(train_index)} exams of {len(held)} patients held out; run folder {run_dir.name}")
+    return _Run(cohort=cohort_obj, cfg=cfg, config=run_config, index=index, train_index=train_index, held=held,
+                held_out=held_out, init=str(init) if init not in (None, "") else None, init_path=init_path,
+                parent=parent, key=hashlib.sha256(key_src.encode()).hexdigest()[:16])
 
+
+def foundation_pretrain(*, cohort: str, config: dict | str | Path, init: str | int | None = None,
+                        resume: bool = False, held_out: float = 0.2, name: str = "foundation-vit",
+                        k: int = 5, user=None, progress: Progress | None = None,
+                        log: Callable[[str], None] | None = None) -> ModelVersion:
+    """Pretrain a foundation encoder on a cohort's prepared exams and register it.
+
+    Steps: the channel stacks of the cohort's prepared exams at the encoder's voxel size; a
+    seeded ``held_out`` fraction of the patients kept out of pretraining; :func:`ml.foundation.pretrain`
+    on the rest (its run folder under ``MEDIA_ROOT/runs/foundation/<key>``, where ``key`` follows
+    from the config, cohort, exams and initialisation, so ``resume=True`` continues the same run);
+    then the representation's quality (:func:`_evaluate`: linear probe vs a random encoder,
+    retrieval, reconstructions of held-out exams, training curves). The version stores the
+    checkpoint with its SHA-256, the config, the exams seen, the parent (``init``), metrics and plots.
+
+    Args:
+        cohort: cohort name.
+        config: a :class:`~ml.foundation.config.PretrainConfig` as a dict, or a YAML file.
+        init: a model version id or a local checkpoint file to start from (matching weights are
+            loaded, the rest reported; nothing is downloaded).
+        resume: continue the run of the same key from its last checkpoint.
+        held_out: fraction of the patients kept out of pretraining (probe test set, reconstructions,
+            retrieval queries).
+        name: the registered model's name (versions count up per name).
+        k: neighbours shown per retrieval query.
+        progress: ``callable(percent, message)``; ``log``: ``callable(line)`` for per-epoch losses.
+
+    Raises:
+        FoundationError: unknown cohort, bad config, no prepared exam, bad ``init``.
+    """
+    from ml.foundation import train as ml_train
+
+    report = progress or _noop
+    write_log = log or (lambda line: None)
+    run = _prepare_run(cohort=cohort, config=config, init=init, held_out=held_out, report=report,
+                       write_log=write_log)
+    if not resume and run.run_dir.exists():
+        shutil.rmtree(run.run_dir)
+    write_log(f"pretraining on {len(run.train_index)} exams of {run.train_index['patient'].nunique()} patients; "
+              f"{len(run.index) - len(run.train_index)} exams of {len(run.held)} patients held out; "
+              f"run folder {run.key}")
     logged = {"epochs": 0}
+    metrics_file = run.run_dir / "metrics.jsonl"
 
     def train_progress(fraction: float, msg: str = "") -> None:
-        report(10 + 75 * fraction, msg)
+        # The live status line (jobs page, progress bar) carries the last epoch's per-task losses.
+        _log_new_epochs(metrics_file, logged, run.config.epochs, write_log)
         if msg.startswith("init from"):
             write_log(msg)
-        _log_new_epochs(run_dir / "metrics.jsonl", logged, run_config.epochs, write_log)
+        elif logged.get("summary"):
+            msg = f"{msg} · epoch {logged['epochs']}: {logged['summary']}"
+        report(10 + 75 * fraction, msg)
 
     try:
-        result = ml_train.pretrain(run_config, train_index, out_dir=run_dir, progress=train_progress,
-                                   resume=resume, init_checkpoint=init_path)
+        result = ml_train.pretrain(run.config, run.train_index, out_dir=run.run_dir, progress=train_progress,
+                                   resume=resume, init_checkpoint=run.init_path)
     except ValueError as exc:
         raise FoundationError(f"pretraining: {exc}") from exc
-    _log_new_epochs(run_dir / "metrics.jsonl", logged, run_config.epochs, write_log)
+    _log_new_epochs(metrics_file, logged, run.config.epochs, write_log)
     if result.init is not None:
         for tensor, reason in result.init.skipped:
             write_log(f"init: skipped {tensor} ({reason})")
@@ -459,11 +496,97 @@ def foundation_pretrain(*, cohort: str, config: dict | str | Path, init: str | i
             write_log(f"init: {len(result.init.not_initialised)} tensors left at random init: "
                       + ", ".join(result.init.not_initialised[:10]))
     if result.stopped_early:
-        write_log(f"stopped by max_minutes after epoch {len(result.history)} of {run_config.epochs}")
+        write_log(f"stopped by max_minutes after epoch {len(result.history)} of {run.config.epochs}")
+    return _register(run, result, name=name, k=k, user=user, report=report, write_log=write_log)
+
+
+def foundation_export_index(*, cohort: str, config: dict | str | Path, out_dir: str | Path,
+                            held_out: float = 0.2, progress: Progress | None = None,
+                            log: Callable[[str], None] | None = None) -> Path:
+    """Write the pretraining exams' stack index (``out_dir/index.csv``, held-out patients left out)
+    for a run under ``torchrun`` (``python -m ml.foundation.train --index out_dir``); register the
+    finished run with :func:`foundation_register_run` and the same cohort, config and ``held_out``.
+    """
+    run = _prepare_run(cohort=cohort, config=config, init=None, held_out=held_out, report=progress or _noop,
+                       write_log=log or (lambda line: None))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    run.train_index.to_csv(out / "index.csv")
+    return out / "index.csv"
+
+
+class _RunFolderResult:
+    """A finished run folder of ``ml.foundation.train`` read back as a PretrainResult."""
+
+    def __init__(self, run_dir: Path) -> None:
+        import torch
+
+        from ml.foundation.model import file_sha256
+
+        self.checkpoint = run_dir / "model.pt"
+        metrics_file = run_dir / "metrics.jsonl"
+        if not self.checkpoint.is_file() or not metrics_file.is_file():
+            raise FoundationError(f"{run_dir}: no model.pt and metrics.jsonl (not a finished pretraining run)")
+        payload = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        self.exams_seen = tuple(str(k) for k in payload.get("exams_seen", ()))
+        self.history = tuple(json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip())
+        self.sha256 = file_sha256(self.checkpoint)
+        self.seconds = float(sum(row.get("seconds", 0.0) for row in self.history))
+        self.stopped_early = False
+        self.init = None
+        self.config = payload.get("config", {})
+
+
+def foundation_register_run(*, cohort: str, config: dict | str | Path, run_dir: str | Path,
+                            held_out: float = 0.2, init: str | int | None = None, name: str = "foundation-vit",
+                            k: int = 5, user=None, progress: Progress | None = None,
+                            log: Callable[[str], None] | None = None) -> ModelVersion:
+    """Register a run trained outside the platform (torchrun on several GPUs or nodes) on the index
+    :func:`foundation_export_index` wrote: probe, retrieval, plots and provenance as for
+    :func:`foundation_pretrain`.
+
+    Raises:
+        FoundationError: the run folder is not a finished run, its config or its exams differ from
+            the cohort's split.
+    """
+    report = progress or _noop
+    write_log = log or (lambda line: None)
+    run = _prepare_run(cohort=cohort, config=config, init=init, held_out=held_out, report=report,
+                       write_log=write_log)
+    result = _RunFolderResult(Path(run_dir))
+    from ml.foundation.config import PretrainConfig
+
+    if PretrainConfig.from_dict({k_: v for k_, v in result.config.items()}).to_dict() != run.cfg:
+        raise FoundationError(f"{run_dir}: the run's config differs from the given one")
+    unknown = set(result.exams_seen) - set(run.train_index.index)
+    if unknown:
+        raise FoundationError(f"{run_dir}: trained on exams that are not this cohort's pretraining exams "
+                              f"({len(unknown)}, e.g. {sorted(unknown)[:3]}): export the index again")
+    _log_new_epochs(Path(run_dir) / "metrics.jsonl", {"epochs": 0}, run.config.epochs, write_log)
+    return _register(run, result, name=name, k=k, user=user, report=report, write_log=write_log)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities become None (PostgreSQL's jsonb refuses them), numpy scalars Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _register(run: _Run, result, *, name: str, k: int, user, report: Progress,
+              write_log: Callable[[str], None]) -> ModelVersion:
+    """Evaluate a finished run and register it (checkpoint, plots, metrics, provenance)."""
     report(86, "Probing the representation")
     with tempfile.TemporaryDirectory() as tmp:
-        metrics, plot_files, captions = _evaluate(result=result, index=index, held=held, run_config=run_config,
-                                                  out=Path(tmp), k=k, report=report, write_log=write_log)
+        metrics, plot_files, captions = _evaluate(result=result, index=run.index, held=run.held,
+                                                  run_config=run.config, out=Path(tmp), k=k, report=report,
+                                                  write_log=write_log)
         report(97, "Registering the encoder")
         store = StoreTransaction()
         try:
@@ -473,16 +596,17 @@ def foundation_pretrain(*, cohort: str, config: dict | str | Path, init: str | i
                 mv = ModelVersion.objects.create(
                     name=name, version=_next_version(name), task="pretraining", family="foundation",
                     algorithm="vit-ssl", threshold=None, features=[],
-                    config=cfg | {"plot_captions": captions, "platform": {
-                        "cohort": cohort, "held_out_fraction": held_out, "held_out_patients": sorted(held),
-                        "init": str(init) if init not in (None, "") else None, "run_key": run_key,
-                        "voxel_mm": voxel_mm}},
-                    metrics=metrics, training_cohort=cohort_obj, artifact=checkpoint, artifact_sha256=sha,
-                    parent=parent, exams_seen=[int(k_) for k_ in result.exams_seen], plots=plots, created_by=user,
+                    config=run.cfg | {"plot_captions": captions, "platform": {
+                        "cohort": run.cohort.name, "held_out_fraction": run.held_out,
+                        "held_out_patients": sorted(run.held), "init": run.init, "run_key": run.key,
+                        "voxel_mm": float(run.config.encoder.voxel_mm)}},
+                    metrics=_json_safe(metrics), training_cohort=run.cohort, artifact=checkpoint, artifact_sha256=sha,
+                    parent=run.parent, exams_seen=[int(k_) for k_ in result.exams_seen], plots=plots,
+                    created_by=user,
                 )
                 audit_record(action="model.register", actor=user, target=mv,
-                             details={"cohort": cohort, "algorithm": "vit-ssl", "artifact_sha256": sha,
-                                      "parent": parent.pk if parent else None,
+                             details={"cohort": run.cohort.name, "algorithm": "vit-ssl", "artifact_sha256": sha,
+                                      "parent": run.parent.pk if run.parent else None,
                                       "exams_seen": len(mv.exams_seen)})
         except BaseException:
             store.rollback()
@@ -500,89 +624,54 @@ def _exam_label(row: pd.Series) -> str:
     return f"IDH {row['idh']}"
 
 
-def _probe_task(task: str, index: pd.DataFrame, pooled: dict[str, dict[str, np.ndarray]], held: set[str],
-                seed: int) -> dict:
-    """Logistic regression on frozen pooled embeddings: trained on the exams of patients seen in
-    pretraining, tested on the held-out patients' (split by patient); AUC with a 95% bootstrap CI,
-    for the trained encoder and for the random one."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+def _probe_task(task: str, tables: dict[str, pd.DataFrame], held: set[str], seed: int) -> dict:
+    """:func:`ml.foundation.probe.linear_probe` (logistic regression on frozen pooled embeddings,
+    patient-grouped cross-validation, AUC with a patient-bootstrap CI) for the trained and the
+    random encoder, on the held-out patients' exams when they hold two exams of each class (never
+    seen in pretraining), otherwise on all the cohort's exams (pretraining saw their images, never
+    their labels); ``scope`` says which."""
+    from ml.foundation.probe import linear_probe, probe_labels
 
-    from ml.classical.metrics import bootstrap_metrics
-
-    timepoint, positive = PROBE_TASKS[task]
-    column = "diagnosis" if task == "progression" else "idh"
-    rows = index[(index["timepoint"] == timepoint) & (index[column] != "n/a")]
-    test = rows[rows["patient"].isin(held)]
-    train = rows[~rows["patient"].isin(held)]
-    y_train = (train[column] == positive).to_numpy().astype(int)
-    y_test = (test[column] == positive).to_numpy().astype(int)
-    if len(set(y_train)) < 2:
-        return {"error": f"one class only among the {len(train)} labelled training exams"}
-    if len(set(y_test)) < 2:
-        return {"error": f"one class only among the {len(test)} labelled exams of held-out patients"}
-    out: dict[str, Any] = {"n_train": len(train), "n_train_patients": int(train["patient"].nunique()),
-                           "n_test": len(test), "n_test_patients": int(test["patient"].nunique()),
-                           "n_test_positive": int(y_test.sum()), "positive": positive,
-                           "cases": [int(k) for k in test.index], "y_true": y_test.tolist()}
-    for which, vectors in pooled.items():
-        x_train = np.stack([vectors[k] for k in train.index])
-        x_test = np.stack([vectors[k] for k in test.index])
-        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
-        prob = model.fit(x_train, y_train).predict_proba(x_test)[:, 1]
-        auc = bootstrap_metrics(y_test, prob, 0.5, n_boot=1000, seed=seed)["auc"]
-        out[which] = {"estimate": auc.estimate, "lower": auc.lower, "upper": auc.upper}
-        out[f"prob_{which}"] = [float(p) for p in prob]
+    table = tables["encoder"]
+    rows, y, groups = probe_labels(table, task)
+    in_held = np.isin(groups, list(held))
+    scope = "held-out patients"
+    if min(np.bincount(y[in_held], minlength=2)) < 2:
+        in_held[:] = True
+        scope = "all patients (patient-grouped cross-validation)"
+    out: dict[str, Any] = {"scope": scope, "n_exams": int(in_held.sum()), "n_positive": int(y[in_held].sum()),
+                           "n_patients": int(len(set(groups[in_held])))}
+    for which, t in tables.items():
+        features = t[[c for c in t.columns if c.startswith("e") and c[1:].isdigit()]].to_numpy()[rows]
+        try:
+            result = linear_probe(features[in_held], y[in_held], groups[in_held], task=task, random_state=seed)
+        except ValueError as exc:
+            return {"error": str(exc).split(": ", 1)[-1]}
+        out[which] = {"estimate": result.auc, "lower": result.ci_low, "upper": result.ci_high}
+        out["n_folds"] = result.n_folds
     out["difference"] = out["encoder"]["estimate"] - out["random"]["estimate"]
     return out
 
 
-def _retrieval(index: pd.DataFrame, vectors: dict[str, np.ndarray], held: set[str], k: int,
-               max_queries: int = 10) -> dict:
-    """For held-out exams (or the first exams without any), the ``k`` most cosine-similar exams of
-    other patients with their labels."""
-    keys = list(index.index)
-    matrix = np.stack([vectors[key] for key in keys]).astype(np.float64)
-    matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-    sims = matrix @ matrix.T
-    held_keys = [key for key in keys if index.loc[key, "patient"] in held]
+def _retrieval(table: pd.DataFrame, held: set[str], k: int, max_queries: int = 10) -> dict:
+    """For held-out exams (or the first exams when none is held out), the ``k`` most cosine-similar
+    exams of other patients (:func:`ml.foundation.probe.nearest_neighbours`) with their labels."""
+    from ml.foundation.probe import nearest_neighbours
+
+    keys = list(table.index)
+    held_keys = [key for key in keys if table.loc[key, "patient"] in held]
     queries = held_keys[:max_queries] or keys[:max_queries]
     note = "" if held_keys else "No patient was held out: the queries are exams seen in pretraining."
     out = []
     for q in queries:
-        i = keys.index(q)
-        others = [j for j in np.argsort(-sims[i], kind="stable")
-                  if index.iloc[j]["patient"] != index.loc[q, "patient"]][:k]
-        out.append({"exam": int(q), "label": _exam_label(index.loc[q]), "neighbours": [
-            {"exam": int(keys[j]), "label": _exam_label(index.iloc[j]), "similarity": float(sims[i, j])}
-            for j in others]})
+        patient = table.loc[q, "patient"]
+        same = int((table["patient"] == patient).sum()) - 1
+        neighbours = [n for n in nearest_neighbours(table, q, k=k + same) if n.labels["patient"] != patient][:k]
+        out.append({"exam": int(q), "label": _exam_label(table.loc[q]), "neighbours": [
+            {"exam": int(n.key), "label": _exam_label(table.loc[n.key]), "similarity": n.similarity}
+            for n in neighbours]})
     return {"k": k, "labels": "diagnosis at recurrence, IDH status at initial diagnosis", "queries": out,
             "note": note}
-
-
-def _curves_png(history: list[dict], path: Path) -> Path:
-    """Loss per pretext task and epoch (the weighted total dashed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    epochs = [row["epoch"] for row in history]
-    for key in ("inpainting", "crossmodal", "contrastive", "loss"):
-        if all(key in row for row in history):
-            ax.plot(epochs, [row[key] for row in history], marker="o", label="total" if key == "loss" else key,
-                    linestyle="--" if key == "loss" else "-")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 def _evaluate(*, result, index: pd.DataFrame, held: set[str], run_config, out: Path, k: int,
@@ -591,7 +680,8 @@ def _evaluate(*, result, index: pd.DataFrame, held: set[str], run_config, out: P
     import torch
 
     from ml.foundation.data import load_stack
-    from ml.foundation.model import FoundationEncoder, encode, load_encoder
+    from ml.foundation.model import load_encoder
+    from ml.foundation.probe import embed_stacks, random_encoder, training_curve_png
 
     history = [dict(row) for row in result.history]
     final = {key: float(history[-1][key]) for key in ("loss", "inpainting", "crossmodal", "contrastive")
@@ -605,42 +695,36 @@ def _evaluate(*, result, index: pd.DataFrame, held: set[str], run_config, out: P
                      "volumes_per_s": float(history[-1].get("volumes_per_s", 0.0)) if history else 0.0,
                      "device": "cuda" if torch.cuda.is_available() and run_config.device != "cpu" else "cpu"},
     }
+    report(87, f"Embeddings of {len(index)} exams for the probe")
+    meta_columns = [c for c in index.columns if c != "path"]
+    stacks = {key: dataclasses.replace(load_stack(row["path"]), key=key,
+                                       meta={c: str(row[c]) for c in meta_columns})
+              for key, row in index.iterrows()}  # labels as they are now, not as cached
     encoder, _ = load_encoder(result.checkpoint)
-    torch.manual_seed(run_config.seed)
-    random_encoder = FoundationEncoder(run_config.encoder).eval()
-    pooled: dict[str, dict[str, np.ndarray]] = {"encoder": {}, "random": {}}
-    stacks = {}
-    for i, (key, row) in enumerate(index.iterrows()):
-        report(86 + 8.0 * i / len(index), f"Embeddings for the probe ({i + 1}/{len(index)})")
-        stack = load_stack(row["path"])
-        stacks[key] = stack
-        pooled["encoder"][key] = encode(encoder, stack).pooled
-        pooled["random"][key] = encode(random_encoder, stack).pooled
-    metrics["probe"] = {task: _probe_task(task, index, pooled, held, run_config.seed) for task in PROBE_TASKS}
+    tables = {"encoder": embed_stacks(encoder, stacks.values()),
+              "random": embed_stacks(random_encoder(run_config.encoder, run_config.seed), stacks.values())}
+    report(93, "Linear probes")
+    metrics["probe"] = {task: _probe_task(task, tables, held, run_config.seed) for task in PROBE_TASKS}
     for task, row in metrics["probe"].items():
         if "error" in row:
             write_log(f"probe {task}: not computed ({row['error']})")
         else:
             write_log(f"probe {task}: AUC {row['encoder']['estimate']:.3f} vs random encoder "
-                      f"{row['random']['estimate']:.3f} on {row['n_test']} exams of held-out patients")
-    metrics["retrieval"] = _retrieval(index, pooled["encoder"], held, k)
-    plots: dict[str, Path] = {"curves": _curves_png(history, out / "curves.png")} if history else {}
-    captions: dict[str, str] = {}
+                      f"{row['random']['estimate']:.3f} ({row['n_exams']} exams, {row['scope']})")
+    metrics["retrieval"] = _retrieval(tables["encoder"], held, k)
+    plots: dict[str, Path] = {}
+    if history:
+        plots["curves"] = training_curve_png(history, out / "curves.png")
     report(95, "Reconstructions of held-out exams")
-    plots_recon, captions_recon = _reconstructions(result.checkpoint, index, stacks, held, out, write_log)
-    plots |= plots_recon
-    captions |= captions_recon
-    return metrics, plots, captions
+    recon, captions = _reconstructions(result.checkpoint, index, stacks, held, out, run_config.seed)
+    return metrics, plots | recon, captions
 
 
-def _reconstructions(checkpoint: Path, index: pd.DataFrame, stacks: dict, held: set[str], out: Path,
-                     write_log: Callable[[str], None], n_exams: int = 2) -> tuple[dict[str, Path], dict[str, str]]:
+def _reconstructions(checkpoint: Path, index: pd.DataFrame, stacks: dict, held: set[str], out: Path, seed: int,
+                     n_exams: int = 2) -> tuple[dict[str, Path], dict[str, str]]:
     """Input / masked / output figures of the pretext decoders on up to ``n_exams`` held-out exams."""
-    try:
-        from ml.foundation.probe import reconstruction_png
-    except ImportError:
-        write_log("reconstructions: ml.foundation.probe.reconstruction_png is not available in this version")
-        return {}, {}
+    from ml.foundation.probe import reconstruction_png
+
     keys = [key for key in index.index if index.loc[key, "patient"] in held][:n_exams]
     seen = not keys
     keys = keys or list(index.index[:1])
@@ -648,7 +732,7 @@ def _reconstructions(checkpoint: Path, index: pd.DataFrame, stacks: dict, held: 
     for key in keys:
         for task, title in (("inpainting", "Masked inpainting"), ("crossmodal", "Cross-modal prediction")):
             name = f"recon_{task}_{key}"
-            plots[name] = reconstruction_png(checkpoint, stacks[key], out / f"{name}.png", task=task)
+            plots[name] = reconstruction_png(checkpoint, stacks[key], out / f"{name}.png", task=task, seed=seed)
             captions[name] = (f"{title}, exam {key} ({index.loc[key, 'timepoint'].replace('_', ' ')}"
                               f"{', seen in pretraining' if seen else ', held-out patient'})")
     return plots, captions

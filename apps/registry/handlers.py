@@ -26,13 +26,16 @@ def handle_predict(job: Job, progress: Progress) -> dict:
 @job_handler("pretrain")
 def handle_pretrain(job: Job, progress: Progress) -> dict:
     """Self-supervised pretraining of a foundation encoder (queued on the GPU queue, settings)."""
-    from apps.registry.foundation import foundation_pretrain
+    from apps.registry.foundation import foundation_pretrain, foundation_register_run
 
     params = dict(job.params)
-    mv = foundation_pretrain(cohort=params["cohort"], config=params["config"], init=params.get("init"),
-                             resume=bool(params.get("resume")), held_out=float(params.get("held_out", 0.2)),
-                             name=params.get("name") or "foundation-vit", user=job.created_by,
-                             progress=progress, log=progress.log)
+    common = dict(cohort=params["cohort"], config=params["config"], init=params.get("init"),
+                  held_out=float(params.get("held_out", 0.2)), name=params.get("name") or "foundation-vit",
+                  user=job.created_by, progress=progress, log=progress.log)
+    if params.get("register_run"):  # trained outside the worker (torchrun): evaluate and register
+        mv = foundation_register_run(run_dir=params["register_run"], **common)
+    else:
+        mv = foundation_pretrain(resume=bool(params.get("resume")), **common)
     losses = ", ".join(f"{k} {v:.4f}" for k, v in mv.metrics.get("final_losses", {}).items())
     return {"message": f"Registered {mv} ({losses or 'no losses'})", "model": mv.pk, "links": _links(mv)}
 

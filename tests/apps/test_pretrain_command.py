@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from django.core.management import CommandError, call_command
@@ -15,6 +16,7 @@ from apps.cohorts.services.bids import bids_import
 from apps.cohorts.services.prepare import exam_prepare
 from apps.cohorts.services.store import media_path
 from apps.jobs.models import Job
+from apps.registry.foundation import _resolve_init
 from apps.registry.models import ModelVersion
 from ml.foundation.model import file_sha256, load_encoder
 from tests.factories import ModelVersionFactory, SiteFactory, user_with
@@ -30,8 +32,8 @@ TINY = {
 }
 
 
-def _config(tmp_path: Path, **changes) -> Path:
-    path = tmp_path / "tiny.yaml"
+def _config(tmp_path: Path, name: str = "tiny", **changes) -> Path:
+    path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(TINY | changes))
     return path
 
@@ -71,9 +73,10 @@ def test_pretrain_inline_registers_the_encoder(generated_bids, tmp_path, capsys)
     assert all(v > 0 for v in mv.metrics["final_losses"].values())
     # the representation's quality: a probe row per task (AUCs with CIs, or why not), retrieval
     assert set(mv.metrics["probe"]) == {"progression", "idh"}
-    for row in mv.metrics["probe"].values():
-        assert "error" in row or (0 <= row["encoder"]["lower"] <= row["encoder"]["estimate"]
-                                  <= row["encoder"]["upper"] <= 1 and "estimate" in row["random"])
+    for row in mv.metrics["probe"].values():  # 4 patients: the probe runs on all of them, or says why not
+        assert "error" in row or (0 <= row["encoder"]["estimate"] <= 1 and 0 <= row["random"]["estimate"] <= 1
+                                  and row["scope"].startswith("all patients"))
+    assert any("probe progression" in line for line in job.log.splitlines())
     queries = mv.metrics["retrieval"]["queries"]
     assert queries and all(len(q["neighbours"]) >= 1 for q in queries)
     patient_of = {e.pk: e.patient_id for e in exams}
@@ -108,9 +111,29 @@ def test_pretrain_inline_registers_the_encoder(generated_bids, tmp_path, capsys)
     init_job = Job.objects.filter(kind="pretrain").order_by("-pk").first()
     assert "init from" in init_job.log and "tensors loaded" in init_job.log
     # the same checkpoint given as a file finds its registered version as the parent
+    assert _resolve_init(str(checkpoint)) == (checkpoint, mv)
+    # a run outside the worker (torchrun): export the index, train with the library's entry point,
+    # register the folder; the exams are the exported ones and the split is the same
+    export = tmp_path / "export"
+    call_command("pretrain", "--config", str(config), "--cohort", "tiny", "--held-out", "0.25",
+                 "--export-index", str(export))
+    assert "torchrun" in capsys.readouterr().out
+    exported = pd.read_csv(export / "index.csv", dtype=str)
+    assert sorted(map(int, exported["key"])) == sorted(mv.exams_seen)
+    from ml.foundation.train import main as train_main
+
+    assert train_main(["--config", str(config), "--index", str(export), "--out", str(tmp_path / "run")]) == 0
     call_command("pretrain", "--config", str(config), "--cohort", "tiny", "--held-out", "0.25", "--quiet",
-                 "--init", str(checkpoint), "--name", "from-file")
-    assert ModelVersion.objects.get(name="from-file").parent == mv
+                 "--register-run", str(tmp_path / "run"), "--name", "torchrun")
+    outside = ModelVersion.objects.get(name="torchrun")
+    assert sorted(outside.exams_seen) == sorted(mv.exams_seen)
+    assert outside.artifact_sha256 == file_sha256(tmp_path / "run" / "model.pt") and "probe" in outside.metrics
+    with pytest.raises(CommandError, match="differs from the given one"):
+        call_command("pretrain", "--config", str(_config(tmp_path, "three", epochs=3)), "--cohort", "tiny", "--held-out",
+                     "0.25", "--quiet", "--register-run", str(tmp_path / "run"))
+    with pytest.raises(CommandError, match="not this cohort's pretraining exams"):
+        call_command("pretrain", "--config", str(config), "--cohort", "tiny", "--held-out", "0.5", "--quiet",
+                     "--register-run", str(tmp_path / "run"))
 
 
 @pytest.mark.parametrize("args, message", [

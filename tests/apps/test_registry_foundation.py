@@ -254,9 +254,10 @@ def foundation_version(site, other_site) -> tuple[ModelVersion, Exam, Exam, Exam
         metrics={
             "final_losses": {"inpainting": 0.4321, "crossmodal": 0.5, "contrastive": 1.2},
             "training": {"epochs": 2, "seconds": 12.0, "held_out": 2},
-            "probe": {"progression": {"n_train_patients": 8, "n_test_patients": 4, "n_test": 4,
-                                      "n_test_positive": 2, "encoder": auc, "random": rnd, "difference": 0.26},
-                      "idh": {"error": "only one class among the held-out patients"}},
+            "probe": {"progression": {"scope": "held-out patients", "n_exams": 12, "n_positive": 5,
+                                      "n_patients": 12, "n_folds": 5, "encoder": auc, "random": rnd,
+                                      "difference": 0.26},
+                      "idh": {"error": "needs at least 2 exams of each class, got [1, 3]"}},
             "retrieval": {"k": 2, "labels": "diagnosis", "queries": [
                 {"exam": query.pk, "label": "progression", "neighbours": [
                     {"exam": mine.pk, "label": "treatment_related", "similarity": 0.93},
@@ -286,7 +287,7 @@ def test_foundation_page_for_each_role(client, role, status):
     for text in ("Self-supervised pretraining", "Exams seen</dt><dd>5 ", "c0ffee", "Started from",
                  reverse("registry:detail", args=[mv.parent.pk]), "0.4321", "Linear probe",
                  "<strong>0.810</strong> [0.620, 0.950]", "0.550 [0.350, 0.740]", "0.260",
-                 "only one class among the held-out patients", "Inpainting, held-out exam 1",
+                 "needs at least 2 exams of each class, got [1, 3]", "12 (5)", "12: held-out patients, 5 folds", "Inpainting, held-out exam 1",
                  reverse("registry:plot", args=[mv.pk, "curves"]), "Nearest-neighbour retrieval",
                  "seed: 3", "hidden_size: 24", "encode_exams --model"):
         assert text in html, text
@@ -306,3 +307,9 @@ def test_model_list_shows_a_foundation_version(client):
     html = client.get(reverse("registry:list")).content.decode()
     assert reverse("registry:detail", args=[mv.pk]) in html and "[, ]" not in html
     assert "probe AUC 0.810" in html
+
+
+def test_a_pretrained_encoder_predicts_nothing():
+    mv = ModelVersionFactory(task="pretraining", family="foundation", threshold=None, name="enc")
+    with pytest.raises(CommandError, match="predicts nothing"):
+        call_command("predict", "--model", str(mv.pk), "--cohort", "any", "--quiet")

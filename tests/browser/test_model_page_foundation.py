@@ -89,7 +89,7 @@ def test_researcher_reads_the_foundation_model_page(http_server, page_720, tmp_p
     # the probe: encoder and random encoder side by side, the reason where a task could not be probed
     probe = page.get_by_role("table", name="Linear probe")
     assert "0.810" in probe.inner_text() and "0.550" in probe.inner_text()
-    assert "only one class" in probe.inner_text()
+    assert "needs at least 2 exams of each class" in probe.inner_text()
     # the config reads as YAML and stays inside the page
     pre = page.locator("pre").last
     assert "mask_ratio: 0.75" in pre.inner_text()

@@ -25,6 +25,9 @@ class Command(BaseCommand):
         mv = ModelVersion.objects.filter(pk=opts["model"]).first()
         if mv is None:
             raise CommandError(f"no model version with id {opts['model']}")
+        if mv.task not in TASK_TIMEPOINTS:
+            raise CommandError(f"{mv} is a {mv.get_task_display().lower()} model: it predicts nothing "
+                               "(encode_exams stores its embeddings; train_classifier --encoder fine-tunes it)")
         if opts["timepoint"] and opts["timepoint"] not in TASK_TIMEPOINTS[mv.task]:
             raise CommandError(f"a {mv.task} model applies to {', '.join(TASK_TIMEPOINTS[mv.task])} exams, "
                                f"not {opts['timepoint']}")

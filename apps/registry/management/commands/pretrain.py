@@ -26,6 +26,12 @@ class Command(BaseCommand):
         parser.add_argument("--held-out", type=float, default=0.2,
                             help="fraction of patients kept out of pretraining (reconstructions, retrieval)")
         parser.add_argument("--name", default="foundation-vit", help="registered model name")
+        parser.add_argument("--export-index", metavar="DIR",
+                            help="only write the pretraining exams' stack index to DIR for a torchrun run "
+                                 "(python -m ml.foundation.train --index DIR; docs/deploy.md)")
+        parser.add_argument("--register-run", metavar="DIR",
+                            help="register a run trained outside (torchrun) in DIR, on the index --export-index "
+                                 "wrote with the same config, cohort and --held-out")
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def handle(self, *args, **opts):
@@ -40,9 +46,26 @@ class Command(BaseCommand):
             raise CommandError(f"{path}: expected a mapping of config keys")
         if not 0 <= opts["held_out"] < 1:
             raise CommandError(f"--held-out must be in [0, 1), got {opts['held_out']}")
+        if opts["export_index"] and opts["register_run"]:
+            raise CommandError("give --export-index or --register-run, not both")
+        if opts["export_index"]:
+            from apps.registry.foundation import FoundationError, foundation_export_index
+
+            try:
+                written = foundation_export_index(cohort=opts["cohort"], config=config, out_dir=opts["export_index"],
+                                                  held_out=opts["held_out"], log=self.stderr.write)
+            except FoundationError as exc:
+                raise CommandError(str(exc)) from exc
+            self.stdout.write(self.style.SUCCESS(f"Wrote {written}"))
+            self.stdout.write(f"  torchrun --standalone --nproc_per_node=gpu -m ml.foundation.train --config {path} "
+                              f"--index {written.parent} --out RUN_DIR\n"
+                              f"  then: python manage.py pretrain --config {path} --cohort {opts['cohort']} "
+                              f"--held-out {opts['held_out']} --register-run RUN_DIR")
+            return
         job = run_job_with_bar(self, kind="pretrain", quiet=opts["quiet"], params={
             "config": config, "config_file": path.name, "cohort": opts["cohort"], "init": opts["init"],
             "resume": opts["resume"], "held_out": opts["held_out"], "name": opts["name"],
+            "register_run": str(Path(opts["register_run"]).resolve()) if opts["register_run"] else None,
         })
         mv = ModelVersion.objects.get(pk=job.result["model"])
         self.stdout.write(self.style.SUCCESS(f"{job.result['message']} — model id {mv.pk}"))
