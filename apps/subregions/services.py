@@ -108,7 +108,7 @@ def _json_float(v: Any) -> float | None:
         f = float(v)
     except (TypeError, ValueError):
         return None
-    return round(f, 6) if math.isfinite(f) else None
+    return float(f"{f:.8g}") if math.isfinite(f) else None  # 8 significant digits (small p-values)
 
 
 def _embeddings(model_version, exams: list[Exam], report: Progress) -> dict[int, Any]:

@@ -86,6 +86,16 @@ def _fmt(v, digits: int = 3) -> str:
     return "" if v is None else f"{v:.{digits}g}"
 
 
+def _ci_text(est, lo, hi, fmt: str) -> str:
+    """``est (lo to hi)`` with ``fmt``; "—" without an estimate, no interval where it is missing
+    (e.g. a separated logistic fit has an odds ratio but no finite Wald interval)."""
+    if est is None:
+        return "—"
+    if lo is None or hi is None:
+        return fmt.format(est)
+    return f"{fmt.format(est)} ({fmt.format(lo)} to {fmt.format(hi)})"
+
+
 class AssociationView(RoleRequiredMixin, TemplateView):
     """The cohort's habitat signature vs IDH, 1p/19q and WHO grade (BH-corrected); ``?format=csv``."""
 
@@ -117,10 +127,8 @@ class AssociationView(RoleRequiredMixin, TemplateView):
                                                     r.get("p_mwu") or 1.0))
         shown = []
         for r in rows:
-            shown.append({**r, "or_text": (f"{r['or_per_sd']:.2f} ({r['or_lo']:.2f}–{r['or_hi']:.2f})"
-                                           if r.get("or_per_sd") is not None and r.get("or_lo") is not None else "—"),
-                          "rb_text": (f"{r['rank_biserial']:+.2f} ({r['rb_lo']:+.2f} to {r['rb_hi']:+.2f})"
-                                      if r.get("rank_biserial") is not None else "—"),
+            shown.append({**r, "or_text": _ci_text(r.get("or_per_sd"), r.get("or_lo"), r.get("or_hi"), "{:.2f}"),
+                          "rb_text": _ci_text(r.get("rank_biserial"), r.get("rb_lo"), r.get("rb_hi"), "{:+.2f}"),
                           "p_text": _fmt(r.get("p_mwu")), "q_text": _fmt(r.get("q_mwu")),
                           "q_logit_text": _fmt(r.get("q_logit")), "q_fisher_text": _fmt(r.get("q_fisher")),
                           "significant": r.get("q_mwu") is not None and r["q_mwu"] < 0.05})
