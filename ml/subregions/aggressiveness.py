@@ -46,6 +46,7 @@ __all__ = [
     "MILMarkerModel",
     "MarkerAttributionModel",
     "encoder_attribution",
+    "encoder_attribution_map",
     "habitat_attribution",
     "linear_head",
     "tumour_crop",
@@ -363,3 +364,37 @@ def encoder_attribution(
     ig = IntegratedGradients(model)
     attr = ig.attribute(x, baselines=torch.full_like(x, baseline), n_steps=n_steps, internal_batch_size=4)
     return attr[0].sum(0).detach().numpy().astype(np.float32)
+
+
+def encoder_attribution_map(
+    encoder: Any,
+    head: Any,
+    stack: Any,
+    *,
+    size: Sequence[int] | None = None,
+    mask: str = "tumor",
+    n_steps: int = 16,
+) -> np.ndarray:
+    """:func:`encoder_attribution` on a crop around the exam's tumour, put back on the exam grid.
+
+    Args:
+        encoder: the WP1 encoder (``config.img_size`` is the default crop).
+        head: (B, E) -> (B, 1) marker logit head (:func:`linear_head`).
+        stack: an ``ExamStack`` (``image`` (C, X, Y, Z), ``affine``, ``masks``).
+        size: crop size in voxels (default the encoder's ``img_size``).
+        mask: the mask the crop is centred on.
+        n_steps: integration steps.
+
+    Returns:
+        (X, Y, Z) float32 attribution, NaN outside the crop.
+    """
+    size = tuple(size) if size is not None else tuple(encoder.config.img_size)
+    if mask not in stack.masks:
+        raise ValueError(f"{stack.key}: no {mask!r} mask")
+    sl = tumour_crop(stack.masks[mask], size)
+    origin = (np.asarray(stack.affine, float) @ np.array([s.start for s in sl] + [1.0]))[:3]
+    attr = encoder_attribution(encoder, head, np.asarray(stack.image)[(slice(None), *sl)],
+                               origin_mm=origin, n_steps=n_steps)
+    out = np.full(np.shape(stack.image)[1:], np.nan, dtype=np.float32)
+    out[sl] = attr
+    return out

@@ -10,6 +10,7 @@ from ml.subregions.aggressiveness import (
     MarkerAttributionModel,
     MILMarkerModel,
     encoder_attribution,
+    encoder_attribution_map,
     habitat_attribution,
     linear_head,
     tumour_crop,
@@ -101,6 +102,10 @@ def test_integrated_gradients_through_a_real_encoder(stack):
         gap = head(enc(x, o).pooled) - head(enc(torch.zeros_like(x), o).pooled)
     # completeness of Integrated Gradients: the attributions add up to the logit difference
     assert float(attr.sum()) == pytest.approx(float(gap), rel=0.05, abs=1e-3)
+    # the same on the exam grid: the crop's values in place, NaN elsewhere
+    full = encoder_attribution_map(enc, head, stack, n_steps=32)
+    np.testing.assert_allclose(full[sl], attr, rtol=1e-4, atol=1e-6)
+    assert np.isnan(full).sum() == full.size - attr.size
 
 
 def test_mil_model_locates_the_aggressive_voxels_and_ig_is_complete(cohort):
