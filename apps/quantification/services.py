@@ -16,7 +16,7 @@ from apps.quantification.models import ExamQuantification, RadiomicsFeatures
 from ml.io.grid import Grid, common_grid, resample_to_grid
 from ml.io.nifti import load_nifti, nifti_bytes
 from ml.quant import ROW_COLUMNS, QuantConfig, quantify_exam
-from ml.quant.auto_voi import AutoVoiConfig, AutoVois, auto_vois
+from ml.quant.auto_voi import AutoVoiConfig, AutoVois, auto_vois, lesion_on_pet_grid
 from ml.radiomics.table import SEPARATOR, exam_features
 from ml.registration import Transform, register_exam, registration_similarity, resample
 
@@ -24,6 +24,7 @@ FEATURE_SETS = ("parameters", "radiomics", "all")
 #: The CSV of ``manage.py quantify``: ids, then exactly the parameter columns of ml.quant.
 CSV_COLUMNS = ["site", "patient", "exam", *ROW_COLUMNS]
 PET_GRIDS = ("pet_static", "pet_dynamic")
+MRI_KINDS = ("t1c", "t1", "flair", "t2")
 
 
 class QuantificationError(ValueError):
@@ -87,9 +88,9 @@ def lesion_position_mm(suv: np.ndarray, tumor: np.ndarray, affine: np.ndarray) -
     return [round(float(v), 3) for v in xyz[:3]]
 
 
-def _pet_from_template(exam: Exam, static: Volume) -> Transform:
-    """The exam's registration (template -> native PET), as stored by preparation, or computed now
-    (the same deterministic registration) when preparation has not run yet.
+def _pet_registration(exam: Exam, static: Volume) -> tuple[Transform, Transform | None]:
+    """The exam's registration, ``(pet_from_template, pet_from_mri)``, as stored by preparation, or
+    computed now (the same deterministic registration) when preparation has not run yet.
 
     Raises:
         QuantificationError: the registration is marked failed, or flagged poor and not passed by a
@@ -102,7 +103,8 @@ def _pet_from_template(exam: Exam, static: Volume) -> Transform:
     common = exam.volumes.filter(kind="pet_static", space="common").first()
     stored = (common.metadata or {}).get("registration", {}).get("transform") if common else None
     if stored:
-        return Transform.from_dict(stored)
+        pet_from_mri = common.metadata["registration"].get("pet_from_mri")
+        return Transform.from_dict(stored), (Transform.from_dict(pet_from_mri) if pet_from_mri else None)
     mri_vol = next((v for k in ("t1c", "t1", "flair", "t2")
                     for v in exam.volumes.filter(kind=k, space="native")), None)
     if mri_vol is None:
@@ -117,7 +119,22 @@ def _pet_from_template(exam: Exam, static: Volume) -> Transform:
                             if isinstance(v, dict) and v["poor"])
         raise RegistrationRefused(f"exam {exam}: automatic VOIs need the registration, but it is poor ({figures}); "
                                   "prepare the exam and review its registration on the exam page")
-    return reg.pet_from_template
+    return reg.pet_from_template, reg.pet_from_mri
+
+
+def _mri_lesion(exam: Exam, pet_from_mri: Transform | None, shape, affine) -> np.ndarray | None:
+    """The tumour mask the site drew on an MRI sequence, on the PET grid (through the PET -> MRI
+    registration), or None when there is none: it guides the automatic tumour (a PET-negative
+    lesion is found only with it)."""
+    mask = (Mask.objects.filter(exam=exam, kind="tumor", space="native", grid__kind__in=MRI_KINDS)
+            .select_related("grid").order_by("grid__kind").first())
+    if mask is None or pet_from_mri is None:
+        return None
+    data = load_nifti(media_path(mask.file.name), ndim=(3,))
+    try:
+        return lesion_on_pet_grid(data.array > 0.5, data.affine, pet_from_mri, shape, affine)
+    except ValueError as exc:
+        raise QuantificationError(f"exam {exam}: MRI lesion {mask.source_name or mask.kind}: {exc}") from exc
 
 
 def registration_refusals(exam_ids: Iterable[int]) -> dict[int, str]:
@@ -139,22 +156,24 @@ def registration_refusals(exam_ids: Iterable[int]) -> dict[int, str]:
 
 def _auto_vois(exam: Exam, static: Volume, suv, affine, *, tumor, striatum, background,
                threshold_tbr: float) -> AutoVois | None:
-    """Automatic tumour and/or striatum VOIs (ml.quant.auto_voi) where the site supplied none.
+    """Automatic tumour and/or striatum VOIs (ml.quant.auto_voi) where the site supplied none; an
+    automatic tumour is searched inside the MRI lesion when the site drew one on an MRI sequence.
 
     None when only the striatum is missing and the exam cannot be registered (no MRI): the
     exam is then quantified without T/S, as before automatic VOIs existed.
     """
     try:
-        transform = _pet_from_template(exam, static)
+        transform, pet_from_mri = _pet_registration(exam, static)
     except RegistrationRefused:
         raise
     except (QuantificationError, ValueError):
         if tumor is not None:
             return None
         raise
+    lesion = _mri_lesion(exam, pet_from_mri, suv.shape, affine) if tumor is None else None
     try:
         return auto_vois(suv, affine, pet_from_template=transform, tumor_mask=tumor,
-                         striatum_mask=striatum, background_mask=background,
+                         striatum_mask=striatum, background_mask=background, lesion_mask=lesion,
                          config=AutoVoiConfig(threshold_tbr=threshold_tbr))
     except ValueError as exc:
         raise QuantificationError(f"exam {exam}: automatic VOIs failed: {exc}") from exc

@@ -12,7 +12,12 @@
   not win) inside the brain, away from the striatum (18F-FDOPA is physiologically high there), or
   inside the MRI lesion when given. A lesion with no voxel above the threshold (a
   treatment-related change, say) gets the guideline's fallback: a sphere of 16 mm diameter on the
-  hotspot, so TBRmax is still defined; its MTV is zero.
+  hotspot, so TBRmax is still defined; its MTV is zero up to a noisy voxel or two. With an MRI
+  lesion the sphere lies on the hottest part of the lesion itself (not of its margin, which holds
+  healthy cortex hotter than a lesion without uptake). Such a PET-negative lesion can only be
+  found with the MRI lesion (:func:`lesion_on_pet_grid` brings a mask drawn on the MRI onto the
+  PET grid through the PET -> MRI registration): without it the hotspot, and the sphere, land on
+  the hottest healthy tissue.
 * **Striatum**: caudate and putamen of the hemisphere opposite the tumour, a template-space
   region (smooth ellipsoids at the MNI coordinates of the Harvard-Oxford subcortical atlas, no
   atlas download) brought back onto the PET grid through the exam's registration.
@@ -41,7 +46,8 @@ from ml.registration.resample import resample
 from ml.registration.template import mni_tissue_mask
 from ml.registration.transform import Image, Transform
 
-__all__ = ["AutoVoiConfig", "AutoVois", "auto_vois", "dice", "striatum_template", "validation_row"]
+__all__ = ["AutoVoiConfig", "AutoVois", "auto_vois", "dice", "lesion_on_pet_grid", "striatum_template",
+           "validation_row"]
 
 #: Caudate head, caudate body, putamen (right side; left mirrors x): centre (MNI mm), semi-axes
 #: (mm), rotation (deg about z, about y). Read off the Harvard-Oxford subcortical atlas.
@@ -90,7 +96,8 @@ class AutoVois:
         tumor, striatum, background: masks; ``striatum`` is None when neither supplied nor
             derivable (no registration).
         sources: ``{"tumor": "supplied" | "automatic", "striatum": ..., "background": ...}``
-            (``"none"`` for a missing striatum).
+            (``"none"`` for a missing striatum), and ``"lesion": "supplied"`` when an MRI lesion
+            guided the automatic tumour.
         background_mean: mean SUV of ``background``.
         hotspot_mm: world position (RAS mm) of the hotspot, or None when the tumour was supplied.
         above_threshold: whether any voxel passed the threshold (False: the fallback sphere).
@@ -155,6 +162,33 @@ def _to_pet(template_map: np.ndarray, pet_from_template: Transform, shape, affin
     grid = common_grid()
     return resample(Image(template_map, grid.affine), pet_from_template.inverse(), Grid(tuple(shape), affine),
                     kind="fraction") >= 0.5
+
+
+def lesion_on_pet_grid(lesion: np.ndarray, lesion_affine: np.ndarray, pet_from_mri: Transform,
+                       shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
+    """An MRI lesion mask (on an MRI grid) on the PET grid, through the exam's PET -> MRI registration.
+
+    Args:
+        lesion: mask (X', Y', Z') on the grid of an MRI sequence of the exam (any sequence: they
+            share one world frame).
+        lesion_affine: its voxel -> world (RAS mm) affine.
+        pet_from_mri: the registration, MRI world -> PET world (``ExamRegistration.pet_from_mri``).
+        shape, affine: the PET grid.
+
+    Returns:
+        bool mask (X, Y, Z): the voxels at least half covered by the lesion.
+
+    Raises:
+        ValueError: an empty lesion, or one that falls outside the PET field of view.
+    """
+    les = np.asarray(lesion)
+    if les.ndim != 3 or not (les > 0).any():
+        raise ValueError(f"lesion: a non-empty 3D mask is expected, got shape {les.shape}")
+    out = resample(Image(les.astype(np.float32), check_affine(lesion_affine)), pet_from_mri.inverse(),
+                   Grid(tuple(shape), check_affine(affine)), kind="fraction") >= 0.5
+    if not out.any():
+        raise ValueError("lesion: the MRI lesion falls outside the PET field of view (check the registration)")
+    return out
 
 
 def _ball(affine: np.ndarray, shape, centre_ijk, radius_mm: float) -> np.ndarray:
@@ -246,6 +280,7 @@ def auto_vois(
         allowed = brain.copy() if both_striata is None else brain & ~both_striata
         if lesion is not None:
             allowed &= grown
+            sources["lesion"] = "supplied"
         bg_mean = float(np.median(pet[allowed]))
         sphere = _ball(aff, shape, peak, cfg.fallback_diameter_mm / 2) & allowed
         tumor = sphere
@@ -260,6 +295,14 @@ def auto_vois(
                 bg_mean = float(pet[background].mean())
         if not above:
             tumor = sphere
+            inner = lesion & allowed if lesion is not None else None
+            if inner is not None and inner.any():
+                # PET-negative with an MRI lesion: the sphere goes on the hottest part of the lesion
+                # itself. The margin is for an uptaking tumour that overlaps the MRI contour; around
+                # a lesion without uptake it holds healthy cortex, hotter than the lesion.
+                peak = np.unravel_index(int(np.argmax(np.where(inner, smooth, -np.inf))), shape)
+                hotspot_mm = tuple(round(float(v), 2) for v in aff[:3, :3] @ np.asarray(peak) + aff[:3, 3])
+                tumor = _ball(aff, shape, peak, cfg.fallback_diameter_mm / 2) & inner
     if striatum is None:
         if both_striata is None:
             sources["striatum"] = "none"

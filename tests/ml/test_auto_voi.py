@@ -89,3 +89,51 @@ def test_striatum_template_sides():
     assert 7 < left.sum() * ml < 16 and left.sum() == pytest.approx(right.sum(), rel=0.05)
     assert not (left.astype(bool) & right.astype(bool)).any()
     assert Transform.identity().kind == "identity"
+
+
+def pet_negative(suv: np.ndarray, tumor: np.ndarray, background: np.ndarray, *, tbr: float = 1.3) -> np.ndarray:
+    """The same exam with a PET-negative lesion: the uptake above background in and around the
+    tumour (2 voxels: the PSF's spread) scaled down so its maximum is ``tbr`` x background."""
+    from scipy import ndimage
+
+    bg = float(suv[background].mean())
+    region = ndimage.binary_dilation(tumor, iterations=2)
+    out = suv.copy()
+    excess = np.clip(suv[region] - bg, 0, None)
+    out[region] = np.minimum(suv[region], bg + excess * ((tbr - 1) * bg / excess.max()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def negative_case():
+    exam = make_exam(seed=5, site=with_head_motion("paris"))
+    reg = register_exam(mri=exam.t1c, pet=exam.pet_static)
+    masks = {k: exam.pet_masks[k] > 0 for k in SUPPLIED}
+    suv = pet_negative(exam.pet_static.data * exam.suv_factor, masks["tumor"], masks["background"])
+    return exam, suv, reg, masks
+
+
+def test_pet_negative_lesion_is_found_with_the_mri_lesion(negative_case):
+    """Issue 10: a lesion without uptake above 1.6 x background. Without the MRI lesion the
+    hotspot (and the fallback sphere) lands on healthy tissue; with the MRI tumour mask brought
+    onto the PET grid through the PET -> MRI registration it lies in the lesion, MTV is zero and
+    TBRmax agrees with the supplied mask's."""
+    from ml.quant.auto_voi import lesion_on_pet_grid
+
+    exam, suv, reg, masks = negative_case
+    aff = exam.pet_static.affine
+    lesion = lesion_on_pet_grid(exam.anat_masks["tumor"], exam.t1w.affine, reg.pet_from_mri, suv.shape, aff)
+    assert dice(lesion, masks["tumor"]) > 0.6  # the MRI lesion lands on the PET's (head motion between them)
+    blind = auto_vois(suv, aff, pet_from_template=reg.pet_from_template)
+    guided = auto_vois(suv, aff, pet_from_template=reg.pet_from_template, lesion_mask=lesion)
+    assert guided.sources == {"tumor": "automatic", "striatum": "automatic", "background": "mirrored",
+                              "lesion": "supplied"}
+    row_blind, row = (validation_row(suv, aff, v, masks) for v in (blind, guided))
+    print(f"\nblind: {row_blind}\nguided: {row}")
+    assert row["tbr_max_mask"] < 1.6 and not guided.above_threshold  # PET-negative
+    assert (blind.tumor & masks["tumor"]).sum() < 0.5 * blind.tumor.sum()  # elsewhere without the MRI
+    assert (guided.tumor & lesion).sum() > 0.5 * guided.tumor.sum()
+    assert row["mtv_ml_auto"] == 0.0
+    assert row["tbr_max_auto"] == pytest.approx(row["tbr_max_mask"], rel=0.1)
+    with pytest.raises(ValueError, match="lesion"):
+        lesion_on_pet_grid(np.zeros((4, 4, 4)), exam.t1w.affine, reg.pet_from_mri, suv.shape, aff)
