@@ -97,7 +97,8 @@ def foundation_summary(user, model_version: ModelVersion) -> dict:
     plots = model_version.plots or {}
     captions = model_version.config.get("plot_captions") or {}
     reconstructions = []
-    for key in sorted(plots):
+    # per exam, inpainting before cross-modal
+    for key in sorted(plots, key=lambda k: (k.split("_")[2:], k.split("_")[1:2] != ["inpainting"])):
         if key.startswith("recon_"):
             _, task, *exam = key.split("_")
             default = f"{'Cross-modal prediction' if task == 'crossmodal' else task.capitalize()}" + (

@@ -56,8 +56,9 @@ def _figure(width: int, height: int, label: str) -> str:
 def test_researcher_reads_the_foundation_model_page(http_server, page_720, tmp_path):
     site = SiteFactory(name="nancy")
     mv, query, mine, theirs = foundation_version(site, SiteFactory(name="lyon"))
-    mv.plots = {"curves": _figure(900, 600, "curves"), "recon_inpainting_1": _figure(1500, 1000, "inpainting"),
-                "recon_crossmodal_1": _figure(1500, 1000, "cross-modal")}
+    # the library's figure sizes (ml.foundation.probe): curves 440 x 280, reconstructions 528 x 840
+    mv.plots = {"curves": _figure(440, 280, "curves"), "recon_inpainting_1": _figure(528, 840, "inpainting"),
+                "recon_crossmodal_1": _figure(528, 840, "cross-modal")}
     mv.config = mv.config | {"pretext": {"weight_inpainting": 1.0, "weight_crossmodal": 1.0,
                                           "weight_contrastive": 0.1, "mask_ratio": 0.75}}
     mv.save()
@@ -85,7 +86,13 @@ def test_researcher_reads_the_foundation_model_page(http_server, page_720, tmp_p
         img = images.nth(i)
         img.scroll_into_view_if_needed()
         assert img.evaluate("el => el.complete && el.naturalWidth > 0")
-        assert img.bounding_box()["x"] + img.bounding_box()["width"] <= 1280
+        box = img.bounding_box()
+        assert box["x"] + box["width"] <= 1280 and box["height"] <= 600  # a figure fits the window's height
+        assert box["width"] <= img.evaluate("el => el.naturalWidth") + 1  # never blown up (blurred)
+    # the two reconstructions of an exam side by side, inpainting first
+    recon = page.locator("#reconstructions + p + .grid figure")
+    assert recon.count() == 2 and "inpainting" in recon.nth(0).inner_text().lower()
+    assert recon.nth(0).bounding_box()["y"] == recon.nth(1).bounding_box()["y"]
     # the probe: encoder and random encoder side by side, the reason where a task could not be probed
     probe = page.get_by_role("table", name="Linear probe")
     assert "0.810" in probe.inner_text() and "0.550" in probe.inner_text()
