@@ -424,10 +424,14 @@ export function mount(target, options) {
     mark('loaded');
 
     wireControls(viewer, nv, config, ui, known, layers);
+    mark('wired');
     if (config.crosshair) viewer.goToMm(config.crosshair, false);
     nv.drawScene();
+    mark('scene');
     if (typeof nv.createOnLocationChange === 'function') nv.createOnLocationChange();
+    mark('readout');
     await nextFrame();
+    mark('frame1');
     await nextFrame();
     ui.status.textContent = '';
     ui.status.hidden = true;

@@ -54,6 +54,15 @@
   const setTarget = document.getElementById('set-target');
   const targetField = form.querySelector('input[name="target_mm"]');
   const targetOut = document.getElementById('target-out');
+  const showTarget = (mm) => {
+    if (targetOut) targetOut.textContent = `x ${mm[0]}, y ${mm[1]}, z ${mm[2]} mm (scanner coordinates)`;
+  };
+  if (targetField && targetField.value) {  // the form came back (an answer was missing): show the target kept
+    try {
+      const kept = JSON.parse(targetField.value);
+      if (Array.isArray(kept) && kept.length === 3 && kept.every(Number.isFinite)) showTarget(kept);
+    } catch (err) { /* the server says what is wrong with it */ }
+  }
   if (setTarget && targetField) {
     setTarget.addEventListener('click', () => {
       const host = document.querySelector('[data-aminopet-viewer]');
@@ -68,7 +77,7 @@
       }
       mm = mm.map((v) => Math.round(v * 10) / 10);
       targetField.value = JSON.stringify(mm);
-      if (targetOut) targetOut.textContent = `x ${mm[0]}, y ${mm[1]}, z ${mm[2]} mm`;
+      showTarget(mm);
     });
   }
 }());
