@@ -125,6 +125,28 @@ def test_occlusion_with_a_mask_evaluates_only_windows_touching_it(case):
         attribution_map(model, case.image, method="occlusion", mask=np.zeros_like(case.tumor))
 
 
+class WithOrigin(nn.Module):
+    """A model taking ``(x, origin_mm)`` like the platform's: origin must match the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = small_cnn()
+
+    def forward(self, x: torch.Tensor, origin_mm: torch.Tensor) -> torch.Tensor:
+        if origin_mm.shape != (x.shape[0], 3):
+            raise ValueError(f"origin_mm {tuple(origin_mm.shape)} for a batch of {x.shape[0]}")
+        return self.net(x)[:, 0] + 0.0 * origin_mm[:, 0]
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "occlusion", "gradcam"])
+def test_per_case_forward_arguments_follow_the_batches(case, method):
+    origin = torch.zeros(1, 3)
+    kw = {"window": 8} if method == "occlusion" else {}
+    plain = attribution_map(small_cnn(), case.image, method=method, **kw)
+    with_origin = attribution_map(WithOrigin(), case.image, method=method, additional_forward_args=origin, **kw)
+    np.testing.assert_allclose(with_origin, plain, atol=1e-5)
+
+
 def test_lrp_conserves_relevance_on_a_bias_free_relu_net(case):
     model = small_cnn()
     for m in model.modules():
