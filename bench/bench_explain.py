@@ -16,7 +16,8 @@ What it does (issue 12, WP3 explanations):
    aggressive subregion of the progression cases (pointing game within 1 voxel, Dice of the
    region of the mask's size, ROC AUC of the map for the mask).
 4. Prints which method scores best: the lowest mean rank over deletion gain, insertion gain and
-   the overlap AUC (the default the reader study shows).
+   the overlap AUC, with the paired difference to the runner-up; the reader study's default is
+   ``ml.explain.METHOD_PREFERENCE``, set from these figures (docs/results_wp3_explanations.md).
 
     nice -n 10 python bench/bench_explain.py [--stacks DIR] [--json OUT.json]
 """
@@ -37,7 +38,14 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ml.explain import METHODS, attribution_map, available_methods, faithfulness, mask_overlap  # noqa: E402
+from ml.explain import (  # noqa: E402
+    METHOD_PREFERENCE,
+    METHODS,
+    attribution_map,
+    available_methods,
+    faithfulness,
+    mask_overlap,
+)
 from ml.explain.faithfulness import random_curves  # noqa: E402
 from ml.foundation.data import ExamStack, load_stack  # noqa: E402
 
@@ -272,7 +280,16 @@ def main(argv: list[str] | None = None) -> int:
     best = min(methods, key=lambda m: ranks[m])
     print("mean rank over " + ", ".join(criteria) + ": "
           + ", ".join(f"{m} {ranks[m]:.2f}" for m in sorted(methods, key=ranks.get)))
-    print(f"BEST METHOD (default in the reader study): {best}")
+    print(f"BEST METHOD on this model: {best}")
+    runner = sorted(methods, key=lambda m: ranks[m])[1] if len(methods) > 1 else None
+    if runner is not None:
+        lo = np.asarray(rows[best]["deletion_gain"]) - np.asarray(rows[runner]["deletion_gain"])
+        boot = np.random.default_rng(0).choice(lo, (2000, lo.size)).mean(1)
+        low, high = np.percentile(boot, [2.5, 97.5])
+        print(f"  {best} - {runner} deletion gain, paired: {lo.mean():+.3f} [95% CI {low:+.3f}, {high:+.3f}]"
+              + ("  -> a tie" if low <= 0 <= high else ""))
+    print("the reader study shows the first of ml.explain.METHOD_PREFERENCE a prediction has: "
+          + ", ".join(METHOD_PREFERENCE) + " (LRP runs on none of the platform's models)")
     if opts.json:
         opts.json.parent.mkdir(parents=True, exist_ok=True)
         opts.json.write_text(json.dumps({
