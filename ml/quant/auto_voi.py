@@ -20,7 +20,9 @@
   the hottest healthy tissue.
 * **Striatum**: caudate and putamen of the hemisphere opposite the tumour, a template-space
   region (smooth ellipsoids at the MNI coordinates of the Harvard-Oxford subcortical atlas, no
-  atlas download) brought back onto the PET grid through the exam's registration.
+  atlas download) brought back onto the PET grid through the exam's registration, less its
+  coldest 30 % of voxels (``AutoVoiConfig.striatum_keep_fraction``): the region is larger than the
+  striatum the PET sees and its rim of white matter and ventricle, kept, biased T/S by +10 %.
 * **Background**: the existing mirrored region (:func:`ml.quant.regions.mirrored_background_mask`),
   mirrored across the template's midsagittal plane brought through the registration (so a head
   turned by 15 degrees is mirrored correctly), away from both striata, inside grey and white matter (the template's
@@ -69,6 +71,12 @@ class AutoVoiConfig:
         fallback_diameter_mm: sphere on the hotspot when no voxel passes the threshold.
         iterations: rounds of tumour <-> background refinement.
         lesion_margin_mm: an MRI lesion mask is grown by this much before restricting the tumour.
+        striatum_keep_fraction: the automatic striatum keeps this fraction of the template region's
+            voxels, the hottest. The region brought from the template is about 1.4 x the
+            striatum as the PET sees it (atlas shapes, registration error, the PSF's spill-out) and
+            its rim (white matter, ventricle) is about 25 % colder: kept whole it lowered the
+            striatum mean and raised T/S by 10 % on generated exams (+4.5 to +16.6 %); the
+            hottest 70 % give -0.4 % (-3.0 to +3.3 %), Dice 0.78 instead of 0.69 (6 exams).
     """
 
     threshold_tbr: float = 1.6
@@ -77,8 +85,11 @@ class AutoVoiConfig:
     fallback_diameter_mm: float = 16.0
     iterations: int = 3
     lesion_margin_mm: float = 4.0
+    striatum_keep_fraction: float = 0.7
 
     def __post_init__(self) -> None:
+        if not 0 < self.striatum_keep_fraction <= 1:
+            raise ValueError(f"striatum_keep_fraction: must be in (0, 1], got {self.striatum_keep_fraction}")
         if not self.threshold_tbr > 1:
             raise ValueError(f"threshold_tbr: must be > 1, got {self.threshold_tbr}")
         if self.iterations < 1:
@@ -315,6 +326,10 @@ def auto_vois(
             striatum = _to_pet(striatum_template(side), pet_from_template, shape, aff) & ~tumor
             if not striatum.any():
                 striatum, sources["striatum"] = None, "none"
+            elif cfg.striatum_keep_fraction < 1:
+                # drop the region's cold rim (config docstring: the measured T/S bias it removes)
+                cut = np.percentile(pet[striatum], 100 * (1 - cfg.striatum_keep_fraction))
+                striatum &= pet >= cut
     if background is None:
         sources["background"] = "mirrored"
         background = bg_of(tumor, both_striata if both_striata is not None else striatum)

@@ -33,7 +33,14 @@ def test_automatic_vois_agree_with_supplied_masks(registered_exam):
     assert row["dice_striatum"] > 0.6
     # background definitions differ (mirrored vs the generator's GM+WM slab): measured 1-5 %
     assert row["tbr_max_auto"] == pytest.approx(row["tbr_max_mask"], rel=0.06)
-    assert row["ts_max_auto"] == pytest.approx(row["ts_max_mask"], rel=0.10)  # measured +7 %
+    # measured -0.3 % (sd 1.2 %) on 6 held-out exams; +9.8 % with the whole template region,
+    # whose cold rim (partial volume, white matter) lowered the striatum mean
+    assert row["ts_max_auto"] == pytest.approx(row["ts_max_mask"], rel=0.05)
+    whole = auto_vois(suv, exam.pet_static.affine, pet_from_template=transform,
+                      config=AutoVoiConfig(striatum_keep_fraction=1.0))
+    row_whole = validation_row(suv, exam.pet_static.affine, whole, {k: exam.pet_masks[k] for k in SUPPLIED})
+    assert whole.striatum.sum() > 1.3 * vois.striatum.sum() and row_whole["dice_striatum"] < row["dice_striatum"]
+    assert row_whole["ts_max_auto"] > 1.04 * row["ts_max_auto"]
     assert row["mtv_ml_auto"] == pytest.approx(row["mtv_ml_mask"], rel=0.5)
     # the striatum is the one opposite the tumour; the hotspot lies in the supplied tumour
     t_x = np.argwhere(exam.pet_masks["tumor"]).mean(0)
@@ -71,6 +78,8 @@ def test_threshold_is_configurable_and_fallback_sphere(registered_exam):
     assert none.tumor.sum() * vox_ml == pytest.approx(4 / 3 * np.pi * 0.8**3, rel=0.35)
     with pytest.raises(ValueError, match="threshold_tbr"):
         AutoVoiConfig(threshold_tbr=0.9)
+    with pytest.raises(ValueError, match="striatum_keep_fraction"):
+        AutoVoiConfig(striatum_keep_fraction=0.0)
 
 
 def test_without_registration_no_striatum_and_clear_errors(tiny_exam):
