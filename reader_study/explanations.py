@@ -194,7 +194,7 @@ def heatmap_file(prediction) -> str | None:
     if stored:
         return stored
     maps = getattr(prediction, "maps", None) or {}
-    from ml.explain.attributions import preferred_method  # torch/captum: only when a map is asked
+    from ml.explain.methods import preferred_method
 
     method = preferred_method(maps)
     return maps[method] if method else None

@@ -21,7 +21,7 @@ from apps.registry.models import Prediction
 
 
 def _ordered_methods(maps: dict) -> list[str]:
-    from ml.explain.attributions import METHOD_PREFERENCE  # torch/captum: not at start-up
+    from ml.explain.methods import METHOD_PREFERENCE
 
     return [m for m in METHOD_PREFERENCE if m in maps] + sorted(m for m in maps if m not in METHOD_PREFERENCE)
 
@@ -32,7 +32,7 @@ def explanation_layers(config: dict, exam, user) -> None:
                   .order_by("-created_at", "-pk").first())
     if prediction is None:
         return
-    from ml.explain.attributions import METHOD_WORDING
+    from ml.explain.methods import METHOD_WORDING
 
     for method in _ordered_methods(prediction.maps):
         name, description = METHOD_WORDING.get(method, (f"AI map ({method})", "relative, 0-1"))

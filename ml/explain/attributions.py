@@ -41,6 +41,7 @@ from captum.attr import LRP, IntegratedGradients, LayerGradCam
 from captum.attr._utils.lrp_rules import EpsilonRule
 from torch import nn
 
+from ml.explain.methods import METHOD_PREFERENCE, METHOD_WORDING, METHODS, preferred_method
 from ml.io.nifti import save_nifti
 
 __all__ = [
@@ -55,22 +56,6 @@ __all__ = [
     "normalise_map",
     "save_map_nifti",
 ]
-
-METHODS = ("integrated_gradients", "occlusion", "gradcam", "lrp")
-#: Methods by decreasing faithfulness measured by bench/bench_explain.py (docs/results_wp3_explanations.md):
-#: the reader study's aided arm shows the first one a prediction has. Integrated gradients and LRP tied
-#: (deletion and insertion gains +0.07, overlap AUC 0.93, within each other's CIs); integrated
-#: gradients first because it runs on every model, LRP on none of the platform's (residual additions,
-#: attention). Grad-CAM and occlusion removed the model's evidence no faster than random voxels.
-METHOD_PREFERENCE = ("integrated_gradients", "lrp", "gradcam", "occlusion")
-#: What each method's map says, for the viewer's layer name and description.
-METHOD_WORDING = {
-    "integrated_gradients": ("AI map (integrated gradients)",
-                             "voxels whose intensity pushed the model towards its answer (relative, 0-1)"),
-    "occlusion": ("AI map (occlusion)", "how much the answer drops when a block of the image is hidden (relative, 0-1)"),
-    "gradcam": ("AI map (Grad-CAM)", "regions the model's last layer attended to, coarse (relative, 0-1)"),
-    "lrp": ("AI map (LRP)", "relevance propagated back from the answer to the voxels (relative, 0-1)"),
-}
 
 #: Leaf modules LRP propagates through with the epsilon rule (linear, pooling, eval-mode batch
 #: norm, reshaping); captum's own table covers only their 2D versions.
@@ -483,12 +468,3 @@ def save_map_nifti(attribution: np.ndarray, affine: np.ndarray, path: str | Path
         raise ValueError(f"affine must be an invertible 4x4 matrix, got shape {aff.shape}")
     return save_nifti(a.astype(np.float32), aff, path)
 
-
-def preferred_method(methods: Sequence[str] | dict[str, object]) -> str | None:
-    """The first of :data:`METHOD_PREFERENCE` among ``methods`` (e.g. the keys of a prediction's maps),
-    else the first unknown name in sorted order, None when there is none."""
-    names = list(methods)
-    for m in METHOD_PREFERENCE:
-        if m in names:
-            return m
-    return sorted(names)[0] if names else None
