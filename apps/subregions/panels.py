@@ -7,19 +7,19 @@ from apps.subregions.models import TARGET_METHODS, TARGET_WORDING, SubregionMap
 
 #: Marker colours of the targets (CSS), the learned map first.
 TARGET_COLORS = {"map": "#39ff14", "suvmax": "#ffd24a", "earliest_ttp": "#00d5ff"}
-HABITAT_COLORMAP = "jet"
+#: A cold colormap for the habitats, so they stand apart from the warm PET under them.
+HABITAT_COLORMAP = "winter"
 
 
-def _jet(x: float) -> str:
-    """CSS colour of NiiVue's/matplotlib's ``jet`` at x in [0, 1] (approximation for the legend)."""
-    def ch(c: float) -> int:
-        return int(255 * max(0.0, min(1.0, 1.5 - abs(4 * x - c))))
-    return f"#{ch(3):02x}{ch(2):02x}{ch(1):02x}"
+def _winter(x: float) -> str:
+    """CSS colour of ``winter`` (blue -> green: RGB = (0, x, 1 - x/2), as matplotlib and NiiVue) at x."""
+    x = max(0.0, min(1.0, x))
+    return f"#00{int(255 * x):02x}{int(255 * (1 - x / 2)):02x}"
 
 
 def habitat_colors(n: int) -> list[str]:
     """Legend colours of habitats 1..n as the overlay shows them (window 0.5 .. n + 0.5)."""
-    return [_jet((h + 0.5) / n) for h in range(n)]
+    return [_winter((h + 0.5) / n) for h in range(n)]
 
 
 def target_text(method: str, t: dict) -> str:

@@ -169,7 +169,7 @@ def _habitat_words(means: dict[str, float], cohort_means: dict[str, float]) -> s
     parts = []
     if "ttp_min" in means and means["ttp_min"] is not None:
         rel = "early" if means["ttp_min"] < cohort_means.get("ttp_min", means["ttp_min"]) else "late"
-        parts.append(f"{rel} peak (TTP {means['ttp_min']:.0f} min)")
+        parts.append(f"{rel} peak (TTP {means['ttp_min']:.1f} min)")
     if "tbr" in means and means["tbr"] is not None:
         rel = "high" if means["tbr"] >= cohort_means.get("tbr", means["tbr"]) else "low"
         parts.append(f"{rel} uptake (TBR {means['tbr']:.1f})")
@@ -322,8 +322,9 @@ def subregions_map(*, cohort: str | Cohort | None = None, exam: Exam | None = No
     if voxel_mm is None:
         voxel_mm = 4.0
         if model_version is not None:
-            voxel_mm = float((model_version.config.get("encoder") or {}).get("voxel_mm")
-                             or model_version.config.get("voxel_mm") or 4.0)
+            cfg = model_version.config or {}
+            voxel_mm = float((cfg.get("platform") or {}).get("voxel_mm") or (cfg.get("encoder") or {}).get("voxel_mm")
+                             or 4.0)
     factor = int(round(voxel_mm / DISPLAY_VOXEL_MM))
     if voxel_mm not in (2.0, 4.0):
         raise SubregionError(f"voxel_mm must be 2 or 4, got {voxel_mm:g}")

@@ -96,6 +96,14 @@ def _ci_text(est, lo, hi, fmt: str) -> str:
     return f"{fmt.format(est)} ({fmt.format(lo)} to {fmt.format(hi)})"
 
 
+def _or_text(est, lo, hi) -> str:
+    """Odds ratio per SD with its CI; beyond 1000 (or below 0.001) the logistic fit has (quasi-)complete
+    separation and the Wald interval says nothing: shown as such, the CSV keeps the numbers."""
+    if est is not None and not 1e-3 <= est <= 1e3:
+        return f"{'> 1000' if est > 1e3 else '< 0.001'} (separation)"
+    return _ci_text(est, lo, hi, "{:.2f}")
+
+
 class AssociationView(RoleRequiredMixin, TemplateView):
     """The cohort's habitat signature vs IDH, 1p/19q and WHO grade (BH-corrected); ``?format=csv``."""
 
@@ -127,7 +135,7 @@ class AssociationView(RoleRequiredMixin, TemplateView):
                                                     r.get("p_mwu") or 1.0))
         shown = []
         for r in rows:
-            shown.append({**r, "or_text": _ci_text(r.get("or_per_sd"), r.get("or_lo"), r.get("or_hi"), "{:.2f}"),
+            shown.append({**r, "or_text": _or_text(r.get("or_per_sd"), r.get("or_lo"), r.get("or_hi")),
                           "rb_text": _ci_text(r.get("rank_biserial"), r.get("rb_lo"), r.get("rb_hi"), "{:+.2f}"),
                           "p_text": _fmt(r.get("p_mwu")), "q_text": _fmt(r.get("q_mwu")),
                           "q_logit_text": _fmt(r.get("q_logit")), "q_fisher_text": _fmt(r.get("q_fisher")),

@@ -18,7 +18,8 @@ from apps.cohorts.models import Cohort, Exam
 from apps.cohorts.services.bids import bids_import
 from apps.cohorts.services.prepare import exam_prepare
 from apps.cohorts.services.store import media_path
-from apps.subregions.models import SubregionCohortAnalysis, SubregionMap
+from apps.registry.models import ExamEmbedding
+from apps.subregions.models import SubregionMap
 from apps.subregions.services import SubregionError, subregions_map
 from ml.io.grid import common_grid
 from ml.io.nifti import load_nifti
@@ -47,7 +48,22 @@ def _tumour_border_distance(mask: np.ndarray, voxel_mm: float) -> np.ndarray:
     return ndi.distance_transform_edt(np.pad(mask, 1), sampling=[voxel_mm] * 3)[1:-1, 1:-1, 1:-1]
 
 
-def test_map_subregions_command_targets_files_downloads_and_rerun(mapped_cohort, client):
+def _tiny_encoder_version(tmp_path):
+    import torch
+
+    from apps.cohorts.services.store import StoreTransaction
+    from ml.foundation.model import EncoderConfig, FoundationEncoder, save_encoder
+    from tests.factories import ModelVersionFactory
+
+    torch.manual_seed(0)
+    encoder = FoundationEncoder(EncoderConfig(img_size=(16, 16, 16), patch_size=8, hidden_size=24, mlp_dim=48,
+                                              num_layers=1, num_heads=2, voxel_mm=4.0))
+    name, sha = StoreTransaction().put_file(save_encoder(encoder, tmp_path / "enc.pt"), category="models")
+    return ModelVersionFactory(task="pretraining", family="foundation", threshold=None, name="enc",
+                               algorithm="vit-ssl", artifact=name, artifact_sha256=sha, metrics={})
+
+
+def test_map_subregions_command_targets_files_downloads_and_rerun(mapped_cohort, client, tmp_path):
     """The command maps every prepared exam (MIL map of WHO grade from the relabelled patients); each
     target is checked against the stack it came from, the registration and the truth mask; files,
     downloads (audited, site-scoped), the exam page legend and an idempotent re-run."""
@@ -137,6 +153,15 @@ def test_map_subregions_command_targets_files_downloads_and_rerun(mapped_cohort,
     sm.refresh_from_db()
     assert sm.margin_mm == 8.0 and all(t["margin_mm"] == 8.0 for t in sm.targets.values())
     assert SubregionMap.objects.get(exam=exams[1]).margin_mm == 5.0
+
+    # with a (tiny, random) foundation encoder: embeddings computed for the cohort, a second mapping
+    encoder_version = _tiny_encoder_version(tmp_path)
+    report = subregions_map(cohort="dx", exam=exam, model_version=encoder_version, k=2, margin_mm=5.0)
+    deep = SubregionMap.objects.get(exam=exam, key=f"model-{encoder_version.pk}")
+    assert report.maps == [deep.pk] and deep.model_version == encoder_version and deep.n_habitats == 2
+    assert "emb_0" in deep.features and "ttp_min" in deep.features
+    assert ExamEmbedding.objects.filter(model_version=encoder_version).count() == 4
+    assert SubregionMap.objects.filter(exam=exam).count() == 2  # the dynamics-only mapping stays
 
 
 def test_bad_requests_are_refused_with_the_reason(bids_copy):

@@ -88,6 +88,8 @@ def test_association_page_and_csv_for_the_cohort_sites(analysis, client):
     assert page.status_code == 200
     text = page.content.decode()
     assert "Habitat signature vs molecular markers" in text and "who_grade" in text and "frac_h0" in text
+    # frac_h0 separates the grades completely: the odds ratio is not printed as a 300-digit number
+    assert "&gt; 1000 (separation)" in text and max(len(w) for w in text.split()) < 200
     response = client.get(url + "?format=csv")
     rows = list(csv.DictReader(io.StringIO(response.content.decode())))
     assert response.status_code == 200 and len(rows) == len(a.association)
