@@ -155,3 +155,18 @@ def test_learning_curve_and_loso_on_generator_stacks(phantom_stacks, phantom_coh
         assert f.split.test_site not in {phantom_cohort.sites[phantom_cohort.keys.index(k)]
                                          for k in (*f.split.train, *f.split.val)}
     assert loso.pooled.n == len(phantom_cohort.keys)
+
+
+def test_ts_rule_probabilities_keep_the_ranking_of_ts_max(phantom_stacks, phantom_cohort):
+    """The rule's AUC is the AUC of T/S max itself (no saturated, tied probabilities)."""
+    from sklearn.metrics import roc_auc_score
+
+    from ml.classify.protocol import stack_feature_table
+
+    X = [phantom_stacks[k] for k in phantom_cohort.keys]
+    rule = make_estimator("ts_rule", seed=0).fit(X, phantom_cohort.y)
+    p = rule.predict_proba(X)[:, 1]
+    ts = stack_feature_table(X, radiomics=False)["ts_max"].to_numpy()
+    assert len(np.unique(p)) == len(np.unique(ts))
+    assert roc_auc_score(phantom_cohort.y, p) == pytest.approx(roc_auc_score(phantom_cohort.y, ts))
+    assert np.array_equal(p >= 0.5, rule.estimator_.predict(stack_feature_table(X, radiomics=False)) == 1)
