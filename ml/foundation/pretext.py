@@ -224,7 +224,9 @@ class PretrainModel(nn.Module):
         self.encoder = FoundationEncoder(encoder_config)
         self.decoder = PretextDecoder(encoder_config, config)
         e = encoder_config.hidden_size
-        self.projector = nn.Sequential(nn.Linear(e, e), nn.GELU(), nn.Linear(e, config.proj_dim))
+        # SimCLR-style head; the BatchNorm centres the batch, removing the component that all exams'
+        # pooled embeddings share (without it the loss sat at log(2B - 1), chance, on the cohort)
+        self.projector = nn.Sequential(nn.Linear(e, e), nn.BatchNorm1d(e), nn.GELU(), nn.Linear(e, config.proj_dim))
 
     def _modality_mask(self, batch: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
         """(B, C) bool channel availability: alternately MRI or PET hidden, random start."""
