@@ -545,7 +545,8 @@ def clamp_active_seconds(value, *, elapsed: float) -> float | None:
         return None
     if not math.isfinite(seconds):
         return None
-    return round(min(max(seconds, 0.0), max(elapsed, 0.0), MAX_ACTIVE_SECONDS), 1)
+    # down to the 0.1 s, so rounding never takes it above the server's elapsed time
+    return math.floor(10 * min(max(seconds, 0.0), max(elapsed, 0.0), MAX_ACTIVE_SECONDS)) / 10
 
 
 def reading_submit(*, reading: Reading, answer: dict, user, active_seconds=None, request=None) -> Reading:

@@ -78,6 +78,12 @@
       mm = mm.map((v) => Math.round(v * 10) / 10);
       targetField.value = JSON.stringify(mm);
       showTarget(mm);
+      // the target is set now: the server's "place the target" message no longer applies
+      const field = setTarget.closest('.field');
+      if (field) {
+        field.classList.remove('has-error');
+        field.querySelectorAll('.field-error').forEach((node) => { node.hidden = true; });
+      }
     });
   }
 }());

@@ -103,6 +103,8 @@ def test_reader_reads_a_sequential_case(chromium_browser, http_server, bids_copy
         page.click("text=My worklist")
         page.click("text=Open worklist")
         assert "0 / 2" in page.inner_text("main")
+        if SHOTS:
+            page.screenshot(path=f"{SHOTS}/worklist.png")
         page.click("text=Start reading")
         page.wait_for_url("**/unaided/")
         _wait_viewer(page)
@@ -223,6 +225,8 @@ def test_reader_places_biopsy_targets_in_the_viewer(chromium_browser, http_serve
         clicked = _click_somewhere_else(page, lesion)
         shown = _set_target(page)
         assert shown == [round(v, 1) for v in clicked]
+        if SHOTS:
+            page.screenshot(path=f"{SHOTS}/reading-biopsy-target.png")
         page.check("input[name=decision][value='1']")
         page.fill("input[name=confidence]", "80")
         page.click("details.comment summary")

@@ -140,6 +140,7 @@ def test_active_seconds_are_clamped_to_server_time():
     assert services.clamp_active_seconds("12.34", elapsed=60) == 12.3
     assert services.clamp_active_seconds(500, elapsed=60) == 60
     assert services.clamp_active_seconds(-3, elapsed=60) == 0
+    assert services.clamp_active_seconds(9999, elapsed=0.8595) == 0.8  # never rounded above the elapsed time
     assert services.clamp_active_seconds("nan", elapsed=60) is None
     assert services.clamp_active_seconds("x", elapsed=60) is None
     assert services.clamp_active_seconds(1e9, elapsed=1e9) == services.MAX_ACTIVE_SECONDS
