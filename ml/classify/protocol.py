@@ -264,7 +264,6 @@ def make_split(
 # --- the classical families on stack features -----------------------------------------------------
 
 _FEATURE_CACHE: dict[tuple, dict[str, float]] = {}
-_RULE_MAX_SLOPE = 5.0
 
 
 def _fingerprint(stack: Any) -> tuple:
@@ -339,18 +338,17 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: Sequence[ExamStack]) -> np.ndarray:
         """(N, 2) probabilities.
 
-        For the threshold rule: ``expit(min(slope, 5) * z)`` with ``z`` the rule's standardised
-        distance to its cut-off (the decision at 0.5 is the rule's). The cap keeps every case's rank:
-        on separable training data :class:`~ml.classical.thresholds.ThresholdRule` fits a huge
-        slope and its probabilities saturate to exactly 0 or 1, which ties cases and lowers the
-        rule's AUC below the feature's. Post-hoc calibration on validation data follows anyway.
+        For the threshold rule: ``1/2 + arctan(z) / pi`` with ``z`` the rule's standardised distance
+        to its cut-off (the decision at 0.5 is the rule's). This keeps every case's rank: on
+        separable training data :class:`~ml.classical.thresholds.ThresholdRule` fits a huge slope
+        and its logistic probabilities saturate to exactly 0 or 1 (as does any logistic map a few
+        tens of SDs from the cut-off), which ties cases and lowers the rule's AUC below the
+        feature's. Post-hoc calibration on validation data follows anyway.
         """
         check_is_fitted(self, "estimator_")
         table = self._table(X)
         if self.model == "threshold":
-            from scipy.special import expit
-
-            p = expit(min(self.estimator_.slope_, _RULE_MAX_SLOPE) * self.estimator_.decision_function(table))
+            p = 0.5 + np.arctan(self.estimator_.decision_function(table)) / np.pi
             return np.column_stack([1.0 - p, p])
         return self.estimator_.predict_proba(table)
 

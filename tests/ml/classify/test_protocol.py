@@ -170,3 +170,4 @@ def test_ts_rule_probabilities_keep_the_ranking_of_ts_max(phantom_stacks, phanto
     assert len(np.unique(p)) == len(np.unique(ts))
     assert roc_auc_score(phantom_cohort.y, p) == pytest.approx(roc_auc_score(phantom_cohort.y, ts))
     assert np.array_equal(p >= 0.5, rule.estimator_.predict(stack_feature_table(X, radiomics=False)) == 1)
+
