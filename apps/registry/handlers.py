@@ -36,7 +36,8 @@ def handle_pretrain(job: Job, progress: Progress) -> dict:
         mv = foundation_register_run(run_dir=params["register_run"], **common)
     else:
         mv = foundation_pretrain(resume=bool(params.get("resume")), **common)
-    losses = ", ".join(f"{k} {v:.4f}" for k, v in mv.metrics.get("final_losses", {}).items())
+    losses = ", ".join(f"{k} {v:.4f}" if v is not None else f"{k} not finite"
+                       for k, v in mv.metrics.get("final_losses", {}).items())
     return {"message": f"Registered {mv} ({losses or 'no losses'})", "model": mv.pk, "links": _links(mv)}
 
 

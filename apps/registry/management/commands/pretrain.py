@@ -75,6 +75,13 @@ class Command(BaseCommand):
             if "error" in p:
                 self.stdout.write(f"  probe {task}: {p['error']}")
             else:
-                self.stdout.write(
-                    f"  probe {task}: AUC {p['encoder']['estimate']:.3f} [{p['encoder']['lower']:.3f}, "
-                    f"{p['encoder']['upper']:.3f}] vs random encoder {p['random']['estimate']:.3f}")
+                self.stdout.write(f"  probe {task}: AUC {_auc(p['encoder'])} vs random encoder {_auc(p['random'])} "
+                                  f"({p['n_exams']} exams, {p['scope']})")
+
+
+def _auc(value: dict) -> str:
+    """``0.812 [0.700, 0.901]``; the interval left out where it could not be computed."""
+    text = f"{value['estimate']:.3f}"
+    if value.get("lower") is not None and value.get("upper") is not None:
+        text += f" [{value['lower']:.3f}, {value['upper']:.3f}]"
+    return text
