@@ -225,8 +225,11 @@ class PretrainModel(nn.Module):
         self.decoder = PretextDecoder(encoder_config, config)
         e = encoder_config.hidden_size
         # SimCLR-style head; the BatchNorm centres the batch, removing the component that all exams'
-        # pooled embeddings share (without it the loss sat at log(2B - 1), chance, on the cohort)
-        self.projector = nn.Sequential(nn.Linear(e, e), nn.BatchNorm1d(e), nn.GELU(), nn.Linear(e, config.proj_dim))
+        # pooled embeddings share (without it the loss sat at log(2B - 1), chance, on the cohort).
+        # Batch statistics only (the head is used in training only): no running buffers that would
+        # differ between DDP ranks.
+        self.projector = nn.Sequential(nn.Linear(e, e), nn.BatchNorm1d(e, track_running_stats=False), nn.GELU(),
+                                       nn.Linear(e, config.proj_dim))
 
     def _modality_mask(self, batch: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
         """(B, C) bool channel availability: alternately MRI or PET hidden, random start."""
