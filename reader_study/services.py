@@ -33,7 +33,6 @@ from apps.accounts.models import Membership, Role
 from apps.audit.services import audit_record
 from apps.cohorts.models import Diagnosis, Exam, Timepoint
 from apps.registry.models import Prediction
-from ml.io.grid import common_grid
 from reader_study.models import (
     AiAgreement,
     Arm,
@@ -493,6 +492,8 @@ def reading_open(*, assignment: Assignment, arm: str, user, request=None, readin
 
 def target_voxel(target_mm: list[float]) -> list[int]:
     """Common-grid voxel indices [i, j, k] of a point in scanner mm; StudyError outside the grid."""
+    from ml.io.grid import common_grid  # loads nibabel and scipy: not at Django start-up
+
     grid = common_grid()
     ijk = np.linalg.solve(grid.affine, np.array([*target_mm, 1.0]))[:3]
     voxel = [int(round(float(v))) for v in ijk]

@@ -23,7 +23,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 from django.core import signing
 
 from apps.cohorts.services.store import media_path
@@ -71,6 +70,8 @@ def image_token_verify(token: str, *, max_age: int = IMAGE_URL_MAX_AGE_S) -> Ima
 
 def deidentified_bytes(source: Path) -> bytes:
     """The NIfTI at ``source`` re-encoded (gzip) with its free-text header fields emptied."""
+    import nibabel as nib  # not at Django start-up
+
     image = nib.load(str(source))
     header = image.header.copy()
     for field in FREE_TEXT_FIELDS:

@@ -3,7 +3,6 @@ volumes and the coordinator's QC form on them (a failed registration is a failed
 from __future__ import annotations
 
 from apps.cohorts.models import Volume
-from apps.cohorts.services.prepare import registration_refusal
 
 MRI_NAMES = {"t1c": "T1c", "t1": "T1", "flair": "FLAIR", "t2": "T2"}
 CAPTIONS = {
@@ -13,6 +12,9 @@ CAPTIONS = {
 
 
 def registration_panel(exam, user) -> dict | None:
+    # prepare loads the imaging stack: imported here, not at start-up
+    from apps.cohorts.services.prepare import registration_refusal
+
     commons = [v for v in exam.volumes.all() if v.space == "common" and (v.metadata or {}).get("registration")]
     if not commons:
         return None

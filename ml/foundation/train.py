@@ -336,7 +336,9 @@ def pretrain(
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.95))
     transforms = _transforms(config)
-    dataset = CacheDataset(items, transform=transforms, cache_rate=config.cache_rate, num_workers=None,
+    # one caching thread: np.load parses .npy headers with ast.literal_eval, which CPython 3.11 does not
+    # make thread-safe ("SystemError: AST constructor recursion depth mismatch", seen in CI)
+    dataset = CacheDataset(items, transform=transforms, cache_rate=config.cache_rate, num_workers=1,
                            progress=False, copy_cache=False)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed,
                                  drop_last=len(dataset) >= world * config.batch_size)

@@ -9,6 +9,7 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from apps.accounts.models import Membership
+from apps.subregions.models import SubregionCohortAnalysis, SubregionMap
 from tests.factories import (
     CohortFactory,
     ExamFactory,
@@ -54,9 +55,15 @@ def world(db):
     }
     job = JobFactory(site=home, created_by=users["coordinator"])
     ExamQuantificationFactory(exam=exam)
-    prediction = PredictionFactory(exam=exam)
+    prediction = PredictionFactory(exam=exam, maps={"ig": volume.file.name})
+    subregion_map = SubregionMap.objects.create(
+        exam=exam, key="dynamic", n_habitats=3, margin_mm=5.0, voxel_mm=2.0, habitats=volume.file.name,
+        habitats_sha256=volume.sha256, aggressiveness=volume.file.name, aggressiveness_sha256=volume.sha256,
+        region=volume.file.name, region_sha256=volume.sha256, aggressiveness_source="test")
+    SubregionCohortAnalysis.objects.create(cohort=cohort, key="dynamic", n_habitats=3, n_exams=1)
     return {"site": home, "exam": exam, "volume": volume, "mask": mask, "cohort": cohort, "job": job,
-            "users": users, "model": prediction.model_version, "prediction": prediction}
+            "users": users, "model": prediction.model_version, "prediction": prediction,
+            "subregion_map": subregion_map}
 
 
 def _expect(default, **per_role):
@@ -100,6 +107,10 @@ CASES = [
     ("jobs:status", {"pk": "job.pk"}, "get", JOB_DETAIL),
     ("jobs:retry", {"pk": "job.pk"}, "post", _expect(404, anon=302, norole=403, coordinator=302, admin=302)),
     ("quantification:map", {"pk": "exam.pk", "which": "=tac"}, "get", DATA_DETAIL),
+    ("quantification:prediction-map", {"pk": "prediction.pk", "method": "=ig"}, "get", DATA_DETAIL),
+    ("subregions:file", {"pk": "subregion_map.pk", "which": "=habitats"}, "get", DATA_DETAIL),
+    ("subregions:targets-csv", {"pk": "subregion_map.pk"}, "get", DATA_DETAIL),
+    ("subregions:association", {"pk": "cohort.pk", "key": "=dynamic"}, "get", DATA_DETAIL),
     ("registry:list", {}, "get", MODEL_PAGE),
     ("registry:detail", {"pk": "model.pk"}, "get", MODEL_PAGE),
     ("registry:plot", {"pk": "model.pk", "name": "=cv_roc"}, "get", MODEL_PAGE),

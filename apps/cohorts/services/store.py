@@ -41,8 +41,6 @@ from django.apps import apps
 from django.conf import settings
 from django.db import DatabaseError, models
 
-from ml.io.nifti import sha256_file
-
 logger = logging.getLogger(__name__)
 
 LOCK_DIR = ".locks"
@@ -153,7 +151,11 @@ class StoreTransaction:
 
     def put_file(self, src: str | Path, *, category: str, sha256: str | None = None) -> tuple[str, str]:
         """Copy ``src`` into the store; returns (name relative to MEDIA_ROOT, sha256)."""
-        sha = sha256 or sha256_file(src)
+        if sha256 is None:
+            from ml.io.nifti import sha256_file  # ml.io.nifti loads nibabel: not at Django start-up
+
+            sha256 = sha256_file(src)
+        sha = sha256
         name = f"{category}/{sha[:2]}/{sha}{_suffix(Path(src).name)}"
         self._write(name, lambda tmp: shutil.copyfile(src, tmp))
         return name, sha
