@@ -15,7 +15,7 @@ label fractions, validation (20 % of the labelled patients) for early stopping, 
 and the Youden cut-off. Prints per fold and a summary table (AUC mean and SD over seeds, mean
 bootstrap 95 % CI), the paired DeLong test of the best family against the T/S max rule on the
 same external cases (per seed), optionally leave-one-site-out, and saves the plot (PNG), the
-per-fold JSON and, with ``--write-docs``, the table into docs/results_wp3_classification.md.
+per-fold JSON and, with ``--write-docs``, the table into docs/results.md (its WP3 section).
 
 The machine is shared: use ``--seeds``, ``--fractions``, ``--epochs`` and ``--crop`` to size the
 run; the figures printed say what was run. ``nice -n 10`` it.
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="only the first N labelled exams per site")
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench_classify")
     parser.add_argument("--write-docs", action="store_true",
-                        help="write the table and plot into docs/results_wp3_classification.md and docs/figures")
+                        help="write the table and plot into docs/results.md (WP3 section) and docs/figures")
     parser.add_argument("--inference", action="store_true",
                         help="only time inference + one explanation map per case (2 mm, 2 threads) and exit")
     args = parser.parse_args(argv)
@@ -221,11 +221,12 @@ def write_docs(args, lc, summary, delong_lines, loso_lines, wall, cohort) -> Non
     lc.figure().savefig(ROOT / "docs" / fig_rel)
     enc = args.encoder or "none: randomly initialised encoder (no WP1 checkpoint was available)"
     text = [
-        "# WP3 results: progression vs treatment-related change (generated cohort)",
+        "## WP3: progression vs treatment-related change",
         "",
-        "Written by `bench/bench_classify.py --write-docs`; the lead merges it into docs/results.md.",
+        "Written by `bench/bench_classify.py --write-docs` (between the markers of this section; the "
+        "conclusion below it by hand).",
         "",
-        "## What was run",
+        "### What was run",
         "",
         f"* data: `{args.stacks}` (4 mm channel stacks), {len(cohort.keys)} labelled suspected-recurrence exams "
         f"({int(cohort.y.sum())} progression), sites " + ", ".join(
@@ -240,7 +241,7 @@ def write_docs(args, lc, summary, delong_lines, loso_lines, wall, cohort) -> Non
         f"* {args.bootstrap} bootstrap resamples; wall time {wall / 60:.1f} min on the shared 2-core CPU "
         f"({args.threads} torch thread).",
         "",
-        "## Learning curve on the external site",
+        "### Learning curve on the external site",
         "",
         markdown_table(summary),
         "",
@@ -248,14 +249,22 @@ def write_docs(args, lc, summary, delong_lines, loso_lines, wall, cohort) -> Non
         "",
     ]
     if delong_lines:
-        text += ["## Best family vs the T/S max rule (paired DeLong, same external cases)", "",
+        text += ["### Best family vs the T/S max rule (paired DeLong, same external cases)", "",
                  *[f"* {line}" for line in delong_lines], ""]
     if loso_lines:
-        text += ["## Leave-one-site-out", "", *[f"* {line}" for line in loso_lines], ""]
-    text += ["## Conclusion", "", "(see the report of the run: filled in by hand from the figures above)", ""]
-    path = ROOT / "docs" / "results_wp3_classification.md"
-    path.write_text("\n".join(text))
-    print(f"wrote {path}")
+        text += ["### Leave-one-site-out", "", *[f"* {line}" for line in loso_lines], ""]
+    path = ROOT / "docs" / "results.md"
+    path.write_text(replace_section(path.read_text(), "wp3-classification", "\n".join(text)))
+    print(f"wrote the WP3 classification section of {path} (its conclusion is written by hand)")
+
+
+def replace_section(document: str, name: str, body: str) -> str:
+    """``document`` with the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` replaced."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start not in document or end not in document:
+        raise SystemExit(f"docs/results.md has no {start} ... {end} markers")
+    head, rest = document.split(start, 1)
+    return f"{head}{start}\n{body.strip()}\n{end}{rest.split(end, 1)[1]}"
 
 
 if __name__ == "__main__":

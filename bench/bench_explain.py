@@ -17,7 +17,7 @@ What it does (issue 12, WP3 explanations):
    region of the mask's size, ROC AUC of the map for the mask).
 4. Prints which method scores best: the lowest mean rank over deletion gain, insertion gain and
    the overlap AUC, with the paired difference to the runner-up; the reader study's default is
-   ``ml.explain.METHOD_PREFERENCE``, set from these figures (docs/results_wp3_explanations.md).
+   ``ml.explain.METHOD_PREFERENCE``, set from these figures (docs/results.md).
 
     nice -n 10 python bench/bench_explain.py [--stacks DIR] [--json OUT.json]
 """

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 __all__ = ["METHODS", "METHOD_PREFERENCE", "METHOD_WORDING", "preferred_method"]
 
 METHODS = ("integrated_gradients", "occlusion", "gradcam", "lrp")
-#: Methods by decreasing faithfulness measured by bench/bench_explain.py (docs/results_wp3_explanations.md):
+#: Methods by decreasing faithfulness measured by bench/bench_explain.py (docs/results.md):
 #: the reader study's aided arm shows the first one a prediction has. Integrated gradients and LRP tied
 #: (deletion and insertion gains +0.07, overlap AUC 0.93, within each other's CIs); integrated
 #: gradients first because it runs on every model, LRP on none of the platform's (residual additions,

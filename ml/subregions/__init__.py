@@ -6,6 +6,6 @@ grade (:mod:`.signature`), per-voxel aggressiveness maps attributing the marker 
 voxels and habitats (:mod:`.aggressiveness`), the biopsy target with a safety margin and its
 comparators (SUVmax, earliest-TTP cluster) with their evaluation (:mod:`.target`), and the
 export for navigation systems: CSV points, NIfTI and DICOM SEG (:mod:`.export`).
-Results and the bench: docs/results_wp2.md, bench/bench_subregions.py.
+Results and the bench: docs/results.md, bench/bench_subregions.py.
 """
 from __future__ import annotations
