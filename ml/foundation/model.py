@@ -331,11 +331,14 @@ class Embeddings:
         patches: (E, gx, gy, gz) float32 patch embeddings on the exam's patch grid.
         patch_affine: (4, 4) patch index (i, j, k) -> MNI mm of that patch's centre.
         pooled: (E,) float32 global embedding: mean of the patch embeddings inside the brain.
+        lesion: (E,) float32 lesion embedding: mean of the patch embeddings weighted by the share of
+            each patch inside the tumour mask; ``None`` when the stack has no (non-empty) tumour mask.
     """
 
     patches: np.ndarray
     patch_affine: np.ndarray
     pooled: np.ndarray
+    lesion: np.ndarray | None = None
 
     @property
     def grid_shape(self) -> tuple[int, int, int]:
@@ -451,18 +454,25 @@ def encode(encoder: FoundationEncoder, stack: ExamStack, *, crop: Any = None, ov
     to_voxel = np.diag([float(p), float(p), float(p), 1.0])
     to_voxel[:3, 3] = np.asarray(start, dtype=np.float64) + (p - 1) / 2.0
     patch_affine = affine @ to_voxel
-    brain = stack.masks.get("brain")
-    weights = None
-    if brain is not None:
-        b = np.zeros(padded_size, dtype=np.float32)
-        region_brain = np.asarray(brain)[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]]
-        b[:region_brain.shape[0], :region_brain.shape[1], :region_brain.shape[2]] = region_brain > 0
-        weights = b.reshape(grid[0], p, grid[1], p, grid[2], p).mean(axis=(1, 3, 5))
-    if weights is None or weights.sum() <= 0:
-        pooled = patches.reshape(cfg.hidden_size, -1).mean(axis=1)
-    else:
-        pooled = (patches * weights[None]).reshape(cfg.hidden_size, -1).sum(axis=1) / weights.sum()
-    return Embeddings(patches=patches, patch_affine=patch_affine, pooled=pooled.astype(np.float32))
+
+    def patch_share(mask: np.ndarray | None) -> np.ndarray | None:
+        """Share of each patch's voxels inside ``mask`` (None without a mask or with an empty one)."""
+        if mask is None:
+            return None
+        m = np.zeros(padded_size, dtype=np.float32)
+        inside = np.asarray(mask)[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]] > 0
+        m[:inside.shape[0], :inside.shape[1], :inside.shape[2]] = inside
+        share = m.reshape(grid[0], p, grid[1], p, grid[2], p).mean(axis=(1, 3, 5))
+        return share if share.sum() > 0 else None
+
+    def weighted_mean(weights: np.ndarray) -> np.ndarray:
+        return ((patches * weights[None]).reshape(cfg.hidden_size, -1).sum(axis=1) / weights.sum()).astype(np.float32)
+
+    brain, tumour = patch_share(stack.masks.get("brain")), patch_share(stack.masks.get("tumor"))
+    pooled = (patches.reshape(cfg.hidden_size, -1).mean(axis=1).astype(np.float32) if brain is None
+              else weighted_mean(brain))
+    return Embeddings(patches=patches, patch_affine=patch_affine, pooled=pooled,
+                      lesion=None if tumour is None else weighted_mean(tumour))
 
 
 # --- checkpoints -------------------------------------------------------------------------------

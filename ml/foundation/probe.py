@@ -1,6 +1,7 @@
 """Quality of the representation: linear probes, retrieval, reconstructions, training curves.
 
-* :func:`embed_stacks`: frozen global embeddings (``encode(...).pooled``) of exams.
+* :func:`embed_stacks`: frozen embeddings of exams: the global one (``encode(...).pooled``, mean over
+  the brain) or the lesion one (``encode(...).lesion``, mean over the patches the tumour mask covers).
 * :func:`linear_probe`: logistic regression on frozen embeddings, patient-grouped stratified
   cross-validation (every exam is scored by a model that never saw its patient), AUC of the
   out-of-fold scores with a patient-level bootstrap confidence interval.
@@ -35,10 +36,13 @@ __all__ = [
     "ProbeResult",
     "ProbeReport",
     "Neighbour",
+    "POOLINGS",
     "embed_stacks",
+    "embed_stacks_pooled",
     "probe_labels",
     "linear_probe",
     "probe_report",
+    "probe_reports",
     "random_encoder",
     "nearest_neighbours",
     "load_pretrain_model",
@@ -111,18 +115,50 @@ def _stacks(source: pd.DataFrame | Iterable[ExamStack]) -> Iterable[ExamStack]:
         yield from source
 
 
-def embed_stacks(encoder: FoundationEncoder, source: pd.DataFrame | Iterable[ExamStack]) -> pd.DataFrame:
-    """Pooled embeddings of exams, one row per exam (index: key; columns: ``e0..e{E-1}`` then the meta)."""
-    rows, meta, keys = [], [], []
+#: Embeddings a probe can read: ``global`` (brain mean) and ``lesion`` (tumour-weighted mean).
+POOLINGS = ("global", "lesion")
+
+
+def embed_stacks(encoder: FoundationEncoder, source: pd.DataFrame | Iterable[ExamStack], *,
+                 pooling: str = "global") -> pd.DataFrame:
+    """Embeddings of exams, one row per exam (index: key; columns: ``e0..e{E-1}`` then the meta).
+
+    Args:
+        pooling: ``"global"`` (mean over the brain) or ``"lesion"`` (mean over the tumour's
+            patches; an exam without a tumour mask gets its global embedding, and ``pooled_on``
+            says which one each row holds).
+    """
+    tables = embed_stacks_pooled(encoder, source, poolings=(pooling,))
+    return tables[pooling]
+
+
+def embed_stacks_pooled(encoder: FoundationEncoder, source: pd.DataFrame | Iterable[ExamStack], *,
+                        poolings: Sequence[str] = POOLINGS) -> dict[str, pd.DataFrame]:
+    """:func:`embed_stacks` for several poolings at once (each exam encoded once), by pooling."""
+    unknown = [p for p in poolings if p not in POOLINGS]
+    if unknown:
+        raise ValueError(f"embed_stacks: unknown pooling {unknown} (known: {POOLINGS})")
+    rows: dict[str, list[np.ndarray]] = {p: [] for p in poolings}
+    on: dict[str, list[str]] = {p: [] for p in poolings}
+    meta, keys = [], []
     for stack in _stacks(source):
-        rows.append(encode(encoder, stack).pooled)
+        emb = encode(encoder, stack)
+        for p in poolings:
+            lesion = p == "lesion" and emb.lesion is not None
+            rows[p].append(emb.lesion if lesion else emb.pooled)
+            on[p].append("lesion" if lesion else "global")
         meta.append(stack.meta)
         keys.append(stack.key)
-    if not rows:
+    if not keys:
         raise ValueError("embed_stacks: no exams")
-    emb = pd.DataFrame(np.stack(rows), index=pd.Index(keys, name="key"),
-                       columns=[f"e{i}" for i in range(len(rows[0]))])
-    return emb.join(pd.DataFrame(meta, index=emb.index))
+    out = {}
+    for p in poolings:
+        emb = pd.DataFrame(np.stack(rows[p]), index=pd.Index(keys, name="key"),
+                           columns=[f"e{i}" for i in range(len(rows[p][0]))])
+        emb = emb.join(pd.DataFrame(meta, index=emb.index))
+        emb["pooled_on"] = on[p]
+        out[p] = emb
+    return out
 
 
 def probe_labels(table: pd.DataFrame, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -208,7 +244,7 @@ def _probe_all(table: pd.DataFrame, tasks: Sequence[str], random_state: int, n_b
 
 def probe_report(encoder: FoundationEncoder | str | Path, source: pd.DataFrame | Sequence[ExamStack], *,
                  tasks: Sequence[str] = tuple(PROBE_TASKS), random_state: int = 0,
-                 n_boot: int = 1000) -> ProbeReport:
+                 n_boot: int = 1000, pooling: str = "global") -> ProbeReport:
     """Linear probes of a pretrained encoder beside a random encoder (same config, seed ``random_state``).
 
     Args:
@@ -216,14 +252,23 @@ def probe_report(encoder: FoundationEncoder | str | Path, source: pd.DataFrame |
         source: the exams (an index with paths, or stacks) of held-out patients or the whole cohort:
             the probe's own cross-validation keeps patients apart.
         tasks: probe names (:data:`PROBE_TASKS`).
+        pooling: the embedding probed (:data:`POOLINGS`).
     """
+    return probe_reports(encoder, source, tasks=tasks, random_state=random_state, n_boot=n_boot,
+                         poolings=(pooling,))[pooling]
+
+
+def probe_reports(encoder: FoundationEncoder | str | Path, source: pd.DataFrame | Sequence[ExamStack], *,
+                  tasks: Sequence[str] = tuple(PROBE_TASKS), random_state: int = 0, n_boot: int = 1000,
+                  poolings: Sequence[str] = POOLINGS) -> dict[str, ProbeReport]:
+    """:func:`probe_report` for several poolings, each exam encoded once per encoder; by pooling."""
     if not isinstance(encoder, FoundationEncoder):
         encoder, _ = load_encoder(encoder)
     stacks = list(_stacks(source))
-    trained = embed_stacks(encoder, stacks)
-    baseline = embed_stacks(random_encoder(encoder.config, random_state), stacks)
-    return ProbeReport(pretrained=_probe_all(trained, tasks, random_state, n_boot),
-                       random=_probe_all(baseline, tasks, random_state, n_boot))
+    trained = embed_stacks_pooled(encoder, stacks, poolings=poolings)
+    baseline = embed_stacks_pooled(random_encoder(encoder.config, random_state), stacks, poolings=poolings)
+    return {p: ProbeReport(pretrained=_probe_all(trained[p], tasks, random_state, n_boot),
+                           random=_probe_all(baseline[p], tasks, random_state, n_boot)) for p in poolings}
 
 
 def nearest_neighbours(table: pd.DataFrame, query: str, *, k: int = 5,

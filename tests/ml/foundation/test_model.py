@@ -1,6 +1,8 @@
 """Encoder: shapes, position embedding in MNI mm, visible-token masking, encode() geometry, checkpoints."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -162,3 +164,20 @@ def test_save_and_load_encoder(tmp_path, foundation_stacks):
         load_encoder(tmp_path / "other.pt")
     with pytest.raises(ValueError, match="does not exist"):
         load_encoder(tmp_path / "missing.pt")
+
+
+def test_encode_lesion_embedding_is_the_tumour_weighted_mean_of_patches(foundation_stacks):
+    stack = foundation_stacks[0]
+    enc = _encoder(img_size=(32, 32, 32))
+    emb = encode(enc, stack)
+    tumour = stack.masks["tumor"] > 0
+    assert tumour.any()
+    # share of each 8^3 patch inside the tumour, computed independently of encode()
+    share = np.zeros(emb.grid_shape)
+    for i, j, k in np.argwhere(tumour):
+        share[i // 8, j // 8, k // 8] += 1 / 8 ** 3
+    expected = (emb.patches * share[None]).sum(axis=(1, 2, 3)) / share.sum()
+    np.testing.assert_allclose(emb.lesion, expected, rtol=1e-4, atol=1e-6)
+    assert np.abs(emb.lesion - emb.pooled).max() > 1e-3  # the tumour's patches are not the brain's mean
+    no_tumour = dataclasses.replace(stack, masks={k: v for k, v in stack.masks.items() if k != "tumor"})
+    assert encode(enc, no_tumour).lesion is None

@@ -8,6 +8,7 @@ import pytest
 
 from ml.foundation.probe import (
     embed_stacks,
+    embed_stacks_pooled,
     linear_probe,
     nearest_neighbours,
     probe_labels,
@@ -93,3 +94,17 @@ def test_figures(foundation_index, foundation_stacks, tiny_config, tmp_path):
         reconstruction_png(run.checkpoint, foundation_stacks[1], tmp_path / "x.png", task="denoise")
     curve = training_curve_png(run.history, tmp_path / "curve.png")
     assert curve.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_embed_stacks_lesion_pooling(foundation_stacks):
+    enc = random_encoder(tiny_encoder_config(img_size=(32, 32, 32)))
+    tables = embed_stacks_pooled(enc, foundation_stacks)
+    glob, lesion = tables["global"], tables["lesion"]
+    cols = [f"e{i}" for i in range(32)]
+    assert list(glob.index) == list(lesion.index) and set(glob["pooled_on"]) == {"global"}
+    with_tumour = [s.key for s in foundation_stacks if s.masks.get("tumor") is not None and s.masks["tumor"].any()]
+    assert with_tumour and set(lesion.loc[with_tumour, "pooled_on"]) == {"lesion"}
+    assert not np.allclose(glob.loc[with_tumour, cols].to_numpy(), lesion.loc[with_tumour, cols].to_numpy())
+    np.testing.assert_allclose(embed_stacks(enc, foundation_stacks, pooling="lesion")[cols], lesion[cols])
+    with pytest.raises(ValueError, match="unknown pooling"):
+        embed_stacks(enc, foundation_stacks, pooling="max")
