@@ -75,21 +75,22 @@ def _array(obj: Volume | Mask) -> tuple[np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=512)
-def _common_grid_lesion(pet_name: str, tumor_name: str) -> tuple[float, float, float] | None:
-    """The tumour SUVmax voxel found on the common-grid PET the viewer shows (files are content-
-    addressed, so a name always means the same bytes and the answer can be kept)."""
+def _common_grid_lesion(pet_name: str, tumor_name: str) -> tuple[tuple[float, float, float], float] | None:
+    """The tumour SUVmax voxel found on the common-grid PET the viewer shows, and the SUV there (files
+    are content-addressed, so a name always means the same bytes and the answer can be kept)."""
     suv = load_nifti(media_path(pet_name)).array
     mask = load_nifti(media_path(tumor_name))
     tumor = mask.array > 0.5
     if tumor.shape != suv.shape[:3] or not tumor.any():
         return None
-    return tuple(lesion_position_mm(suv, tumor, mask.affine))
+    return tuple(lesion_position_mm(suv, tumor, mask.affine)), float(suv[tumor].max())
 
 
 def _suv_reference(quant, pet: Volume, tumor: Mask | None, background: Mask | None) -> dict:
     """SUVmax of the tumour, background mean SUV and the lesion position, from the quantification
     when it has them, else measured on the common-grid PET and masks (rows quantified before)."""
-    out: dict[str, Any] = {"suv_max": None, "background_mean": None, "lesion_mm": None, "source": None}
+    out: dict[str, Any] = {"suv_max": None, "background_mean": None, "lesion_mm": None, "source": None,
+                           "displayed_suv_max": None}
     if quant is not None:
         out["suv_max"] = quant.suv_max
         out["background_mean"] = (quant.config.get("static") or {}).get("background_mean")
@@ -100,7 +101,7 @@ def _suv_reference(quant, pet: Volume, tumor: Mask | None, background: Mask | No
         # hottest tumour voxel there, so the read-out at the lesion is the SUVmax the reader sees.
         lesion = _common_grid_lesion(pet.file.name, tumor.file.name)
         if lesion is not None:
-            out["lesion_mm"] = list(lesion)
+            out["lesion_mm"], out["displayed_suv_max"] = list(lesion[0]), lesion[1]
             out["source"] = out["source"] or "mask"
     if out["lesion_mm"] is not None and out["suv_max"] is not None and out["background_mean"]:
         return out
@@ -237,7 +238,8 @@ def exam_viewer_config(exam: Exam, *, url_for: UrlFor, heatmap_url: str | None =
         mm = [_rounded(v, 2) for v in ref["lesion_mm"]]
         config["crosshair"] = mm
         config["lesion"] = {"mm": mm, "label": "tumour SUVmax", "suv_max": _rounded(ref["suv_max"], 2),
-                            "unit": "SUV", "source": ref["source"]}
+                            "unit": "SUV", "source": ref["source"],
+                            "displayed_suv_max": _rounded(ref["displayed_suv_max"], 2)}
         config["markers"].append({"name": "Lesion (SUVmax)", "mm": mm, "color": "#ffd24a"})
     tac = _tac(quant)
     if tac is not None:

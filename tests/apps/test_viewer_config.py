@@ -73,6 +73,10 @@ def test_generated_exam_opens_on_the_tumour_suvmax_in_suv(prepared_exam):
     # the same lesion: resampling to the template grid keeps most of the native SUVmax there
     assert np.asarray(common_pet.dataobj, dtype=float)[hottest] > 0.8 * quant.suv_max
     assert config["lesion"]["source"] == "quantification"
+    # what the crosshair reads there, said beside the native SUVmax (resampling smooths the peak)
+    displayed = float(np.asarray(common_pet.dataobj, dtype=float)[hottest])
+    assert config["lesion"]["displayed_suv_max"] == pytest.approx(displayed, abs=0.01)
+    assert config["lesion"]["suv_max"] == pytest.approx(quant.suv_max, abs=0.01)
     assert config["markers"][0]["mm"] == config["crosshair"]
 
     base, pet_layer = config["volumes"]
@@ -160,6 +164,7 @@ def test_rows_quantified_before_fall_back_to_mask_and_pet():
     config = exam_viewer_config(exam, url_for=exam_page_url)
     np.testing.assert_allclose(config["crosshair"], expected)
     assert config["lesion"]["source"] == "mask" and config["lesion"]["suv_max"] == 5.0
+    assert config["lesion"]["displayed_suv_max"] == 5.0
     assert config["volumes"][1]["cal_min"] == pytest.approx(1.6) and config["volumes"][1]["cal_max"] == 5.0
     assert "tac" not in config and "dynamic" not in config
     assert [o["key"] for o in config["overlays"]] == ["voi"]
@@ -170,6 +175,11 @@ def test_rows_quantified_before_fall_back_to_mask_and_pet():
     config = exam_viewer_config(exam, url_for=exam_page_url)
     np.testing.assert_allclose(config["crosshair"], expected)
     assert config["volumes"][1]["cal_min"] == pytest.approx(3.2) and config["volumes"][1]["cal_max"] == 4.0
+    # the page says what the crosshair reads at the lesion beside the SUVmax of its table
+    client = Client()
+    client.force_login(user_with("coordinator", exam.patient.site))
+    text = " ".join(client.get(reverse("cohorts:exam", args=[exam.pk])).content.decode().split())
+    assert "The crosshair reads 5.00 SUV there" in text and "the SUVmax below (4.00)" in text
 
     # a tumour below TBR 1.6: the window still has a valid upper end
     exam.quantification.suv_max = 2.5
