@@ -681,7 +681,7 @@ def _evaluate(*, result, index: pd.DataFrame, held: set[str], run_config, out: P
 
     from ml.foundation.data import load_stack
     from ml.foundation.model import load_encoder
-    from ml.foundation.probe import embed_stacks, random_encoder, training_curve_png
+    from ml.foundation.probe import embed_stacks_pooled, random_encoder, training_curve_png
 
     history = [dict(row) for row in result.history]
     final = {key: float(history[-1][key]) for key in ("loss", "inpainting", "crossmodal", "contrastive")
@@ -701,17 +701,20 @@ def _evaluate(*, result, index: pd.DataFrame, held: set[str], run_config, out: P
                                        meta={c: str(row[c]) for c in meta_columns})
               for key, row in index.iterrows()}  # labels as they are now, not as cached
     encoder, _ = load_encoder(result.checkpoint)
-    tables = {"encoder": embed_stacks(encoder, stacks.values()),
-              "random": embed_stacks(random_encoder(run_config.encoder, run_config.seed), stacks.values())}
+    trained = embed_stacks_pooled(encoder, stacks.values())
+    baseline = embed_stacks_pooled(random_encoder(run_config.encoder, run_config.seed), stacks.values())
     report(93, "Linear probes")
-    metrics["probe"] = {task: _probe_task(task, tables, held, run_config.seed) for task in PROBE_TASKS}
-    for task, row in metrics["probe"].items():
-        if "error" in row:
-            write_log(f"probe {task}: not computed ({row['error']})")
-        else:
-            write_log(f"probe {task}: AUC {row['encoder']['estimate']:.3f} vs random encoder "
-                      f"{row['random']['estimate']:.3f} ({row['n_exams']} exams, {row['scope']})")
-    metrics["retrieval"] = _retrieval(tables["encoder"], held, k)
+    # the global embedding (mean over the brain) and the lesion one (mean over the tumour's patches)
+    for key, pooling in (("probe", "global"), ("probe_lesion", "lesion")):
+        tables = {"encoder": trained[pooling], "random": baseline[pooling]}
+        metrics[key] = {task: _probe_task(task, tables, held, run_config.seed) for task in PROBE_TASKS}
+        for task, row in metrics[key].items():
+            if "error" in row:
+                write_log(f"probe {task} ({pooling} embedding): not computed ({row['error']})")
+            else:
+                write_log(f"probe {task} ({pooling} embedding): AUC {row['encoder']['estimate']:.3f} vs random "
+                          f"encoder {row['random']['estimate']:.3f} ({row['n_exams']} exams, {row['scope']})")
+    metrics["retrieval"] = _retrieval(trained["global"], held, k)
     plots: dict[str, Path] = {}
     if history:
         plots["curves"] = training_curve_png(history, out / "curves.png")

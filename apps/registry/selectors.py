@@ -105,8 +105,9 @@ def foundation_summary(user, model_version: ModelVersion) -> dict:
                 f", held-out exam {exam[0]}" if exam else "")
             reconstructions.append({"key": key, "task": task, "caption": captions.get(key, default)})
     probe_rows = []
-    for task, p in (metrics.get("probe") or {}).items():
-        probe_rows.append({"task": task, **p})
+    for key, embedding in (("probe", "global"), ("probe_lesion", "lesion")):
+        for task, p in (metrics.get(key) or {}).items():
+            probe_rows.append({"task": task, "embedding": embedding, **p})
     config = {k: v for k, v in (model_version.config or {}).items() if k != "plot_captions"}
     return {
         "final_losses": metrics.get("final_losses", {}),

@@ -73,11 +73,15 @@ def test_pretrain_inline_registers_the_encoder(generated_bids, tmp_path, capsys)
     assert set(mv.metrics["final_losses"]) == {"loss", "inpainting", "crossmodal", "contrastive"}
     assert all(v > 0 for v in mv.metrics["final_losses"].values())
     # the representation's quality: a probe row per task (AUCs with CIs, or why not), retrieval
-    assert set(mv.metrics["probe"]) == {"progression", "idh"}
-    for row in mv.metrics["probe"].values():  # 3 patients: the probe runs on all of them, or says why not
+    # for the global embedding and the lesion one
+    assert set(mv.metrics["probe"]) == set(mv.metrics["probe_lesion"]) == {"progression", "idh"}
+    for row in [*mv.metrics["probe"].values(), *mv.metrics["probe_lesion"].values()]:
+        # 3 patients: the probe runs on all of them, or says why not
         assert "error" in row or (0 <= row["encoder"]["estimate"] <= 1 and 0 <= row["random"]["estimate"] <= 1
                                   and row["scope"].startswith("all patients"))
-    assert any("probe progression" in line for line in job.log.splitlines())
+    lines = job.log.splitlines()
+    assert any("probe progression (global embedding)" in line for line in lines)
+    assert any("probe progression (lesion embedding)" in line for line in lines)
     queries = mv.metrics["retrieval"]["queries"]
     assert queries and all(len(q["neighbours"]) >= 1 for q in queries)
     patient_of = {e.pk: e.patient_id for e in exams}
