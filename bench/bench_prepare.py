@@ -7,7 +7,7 @@ Generates a small cohort with realistic head positions, imports it into a throw-
 database and media folder, registers each exam once (cached: the registration has its own figure
 in ``bench_registration.py``) and times ``exam_prepare`` ``--repeat`` times per exam with that
 registration, wall and CPU seconds (median over repeats, then median and max over exams).
-``--profile`` prints a pyinstrument profile of one exam's preparation.
+``--profile`` prints a profile of one exam's preparation (pyinstrument if installed, else cProfile).
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--profile", action="store_true", help="pyinstrument profile of one exam")
+    parser.add_argument("--profile", action="store_true", help="profile of one exam (pyinstrument, else cProfile)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-prepare-"))
     os.environ["DATABASE_URL"] = f"sqlite:///{work / 'db.sqlite3'}"
@@ -82,15 +82,24 @@ def main() -> None:
     print(f"per exam: wall median {np.median(walls):.2f} s (max {max(walls):.2f}), "
           f"CPU median {np.median(cpus):.2f} s (max {max(cpus):.2f}); goal < 1.5 s")
     if args.profile:
-        from pyinstrument import Profiler
-
         cached.clear()
         prepare_module.exam_prepare(exam=exams[0])
-        profiler = Profiler(interval=0.002)
-        profiler.start()
-        prepare_module.exam_prepare(exam=exams[0])
-        profiler.stop()
-        print(profiler.output_text(unicode=False, color=False, show_all=False))
+        try:
+            from pyinstrument import Profiler
+        except ImportError:  # not a dependency: the standard library's profiler instead
+            import cProfile
+            import pstats
+
+            profile = cProfile.Profile()
+            profile.runcall(prepare_module.exam_prepare, exam=exams[0])
+            pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
+            pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+        else:
+            profiler = Profiler(interval=0.002)
+            profiler.start()
+            prepare_module.exam_prepare(exam=exams[0])
+            profiler.stop()
+            print(profiler.output_text(unicode=False, color=False, show_all=False))
     print(f"(work folder {work}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
 
 

@@ -9,6 +9,7 @@ The shape is divisible by 16 so vision-transformer patches tile it.
 """
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from dataclasses import dataclass
@@ -65,6 +66,31 @@ def resample_to_grid(
     return out[0] if array.ndim == 3 else np.stack(out, axis=-1)
 
 
+#: Voxels quantised and compressed per step by :func:`grid_nifti_bytes` (about a frame of the 2 mm
+#: grid: the temporaries stay in cache and no whole-volume copy is made).
+ENCODE_CHUNK_VOXELS = 1 << 20
+
+
+def _nifti_header_bytes(shape: tuple[int, ...], dtype: str, affine: np.ndarray, slope: float | None) -> bytes:
+    """The 352 bytes nibabel writes before the voxels of a single-file NIfTI-1 of ``shape`` and
+    ``dtype`` (header, then the 4-byte empty extension flag), as ``Nifti1Image.to_bytes`` would
+    write them (tested), without the voxels."""
+    img = nib.Nifti1Image(np.broadcast_to(np.zeros((), dtype=dtype), shape), np.asarray(affine, dtype=np.float64))
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    img.update_header()
+    header = img.header.copy()
+    header.set_slope_inter(1.0, 0.0)  # what nibabel's writer sets for unscaled data
+    out = io.BytesIO()
+    header.write_to(out)
+    raw = out.getvalue()
+    if slope is not None:
+        # the int16 scale factor (NIfTI-1 offsets 112 and 116, float32 in the header's byte order)
+        raw = raw[:112] + struct.pack(header.endianness + "ff", slope, 0.0) + raw[120:]
+    return raw
+
+
 def grid_nifti_bytes(array: np.ndarray, affine: np.ndarray, *, dtype: str = "float32") -> bytes:
     """NIfTI-1 bytes of an array on the common grid, gzipped fast and reproducibly.
 
@@ -73,23 +99,31 @@ def grid_nifti_bytes(array: np.ndarray, affine: np.ndarray, *, dtype: str = "flo
     3e-5 of the maximum, half the bytes of float32, and compression about five times faster (a
     25-frame dynamic PET: 0.25 s instead of 1.5 s). Gzip: level 1, run-length strategy, mtime 0,
     so equal data gives equal bytes.
+
+    The bytes are those of ``nibabel``'s ``Nifti1Image.to_bytes`` gzipped (tested), but written
+    a frame (or a slab of slices) at a time: each chunk is quantised and fed to the compressor
+    while it is in cache, with no copy of the whole volume (a 21-frame dynamic PET: 0.3-0.7 ->
+    0.17-0.19 s, of which zlib is 0.15 s).
     """
-    data = np.asarray(array)
-    if dtype == "int16":
-        peak = float(np.abs(data).max()) if data.size else 0.0
-        slope = peak / 32000.0 if peak > 0 else 1.0
-        img = nib.Nifti1Image(np.round(data / slope).astype(np.int16), np.asarray(affine, dtype=np.float64))
-    elif dtype in ("float32", "uint8"):
-        img, slope = nib.Nifti1Image(data.astype(dtype, copy=False), np.asarray(affine, dtype=np.float64)), None
-    else:
+    if dtype not in ("float32", "int16", "uint8"):
         raise ValueError(f"dtype: 'float32', 'int16' or 'uint8', got {dtype!r}")
-    img.header.set_xyzt_units("mm", "sec")
-    img.set_qform(img.affine, code=1)
-    img.set_sform(img.affine, code=1)
-    raw = img.to_bytes()
-    if slope is not None:
-        # nibabel writes an int16 array with scl_slope unset; set it in the header bytes
-        # (NIfTI-1 offsets 112 and 116, float32 in the header's byte order).
-        raw = raw[:112] + struct.pack(img.header.endianness + "ff", slope, 0.0) + raw[120:]
+    data = np.asarray(array)
+    slope = None
+    if dtype == "int16":
+        # max|x| without a temporary: max(max, -min) (NaN: both NaN, as np.abs(x).max())
+        peak = max(float(data.max()), -float(data.min())) if data.size else 0.0
+        slope = peak / 32000.0 if peak > 0 else 1.0
     comp = zlib.compressobj(1, zlib.DEFLATED, 31, 9, zlib.Z_RLE)
-    return comp.compress(raw) + comp.flush()
+    parts = [comp.compress(_nifti_header_bytes(data.shape, dtype, affine, slope))]
+    # NIfTI voxels are in Fortran order: the last axis slowest, so chunks are slabs along it
+    last = data.shape[-1]
+    step = max(1, ENCODE_CHUNK_VOXELS * last // max(data.size, 1))
+    for start in range(0, last, step):
+        chunk = data[..., start:start + step]
+        if slope is not None:
+            chunk = np.round(chunk / slope).astype(np.int16)
+        else:
+            chunk = chunk.astype(dtype, copy=False)
+        parts.append(comp.compress(chunk.ravel(order="F")))
+    parts.append(comp.flush())
+    return b"".join(parts)

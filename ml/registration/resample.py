@@ -64,12 +64,15 @@ def trilinear_weights(mapping: np.ndarray, src_shape: tuple[int, ...], out_shape
         per_axis.append((lo, hi))
     vals = np.empty((rows.size, 8), dtype=np.float32)
     cols = np.empty((rows.size, 8), dtype=itype)
-    for c, (cx, cy, cz) in enumerate(np.ndindex(2, 2, 2)):
-        (ix, wx), (iy, wy), (iz, wz) = per_axis[0][cx], per_axis[1][cy], per_axis[2][cz]
-        np.add(ix, iy, out=cols[:, c])
-        cols[:, c] += iz
-        np.multiply(wx, wy, out=vals[:, c])
-        vals[:, c] *= wz
+    # corner c = (cx, cy, cz), z fastest: the x + y part of the 4 (cx, cy) pairs once, contiguous,
+    # then one strided write per corner (the same sums and products, in the same order)
+    for cxy, (cx, cy) in enumerate(np.ndindex(2, 2)):
+        (ix, wx), (iy, wy) = per_axis[0][cx], per_axis[1][cy]
+        ixy, wxy = ix + iy, wx * wy
+        for cz in range(2):
+            iz, wz = per_axis[2][cz]
+            np.add(ixy, iz, out=cols[:, 2 * cxy + cz])
+            np.multiply(wxy, wz, out=vals[:, 2 * cxy + cz])
     indptr = np.zeros(n_out + 1, dtype=itype)
     indptr[rows + 1] = 8
     np.cumsum(indptr, out=indptr)

@@ -140,9 +140,10 @@ def exam_prepare(*, exam: Exam, progress: Callable[[float, str], None] | None = 
     natives = list(exam.volumes.filter(space="native"))
     if not natives:
         raise ValueError(f"exam {exam} has no volumes to prepare")
-    loaded: dict[str, NiftiVolume] = {}
-    for vol in natives:
-        loaded[vol.kind] = load_nifti(media_path(vol.file.name))
+    # two readers: gzip decompression (most of a load) releases the GIL
+    with ThreadPoolExecutor(max_workers=2) as readers:
+        loaded: dict[str, NiftiVolume] = dict(zip(
+            (vol.kind for vol in natives), readers.map(lambda v: load_nifti(media_path(v.file.name)), natives)))
     mri_kind = next((k for k in MRI_FOR_FUSION if k in loaded), None)
     pet_kind = next((k for k in PET_FOR_REGISTRATION if k in loaded), None)
     report(5, "Registering to the MNI152 template")
@@ -161,7 +162,9 @@ def exam_prepare(*, exam: Exam, progress: Callable[[float, str], None] | None = 
     thumb_source: dict[str, np.ndarray] = {}
     try:
         resamplers = _resamplers(natives, loaded, reg, grid)
-        for i, vol in enumerate(natives):
+        # the 4D PET first: its encoding, the longest, then overlaps everything else; the encoded
+        # volumes are collected last, after the QC figures, thumbnails and masks
+        for i, vol in enumerate(sorted(natives, key=lambda v: loaded[v.kind].array.ndim != 4)):
             report(40 + 30 * i / len(natives), f"Resampling {vol.kind}")
             native = loaded[vol.kind].array
             array = resamplers[vol.kind](native)
@@ -181,9 +184,6 @@ def exam_prepare(*, exam: Exam, progress: Callable[[float, str], None] | None = 
                 units="SUV" if vol.is_pet else "", suv_factor=1.0 if vol.is_pet else None,
                 frame_start_s=vol.frame_start_s, frame_duration_s=vol.frame_duration_s,
             )
-        for kind, future in encoded.items():
-            common_rows[kind]["file"], common_rows[kind]["sha256"] = store.put_bytes(
-                future.result(), category="common", suffix=".nii.gz")
         report(72, "Registration quality")
         mri = resampled.get(mri_kind) if mri_kind else None
         similarity = registration_similarity(mri=mri, pet=resampled.get(pet_kind) if pet_kind else None)
@@ -220,6 +220,9 @@ def exam_prepare(*, exam: Exam, progress: Callable[[float, str], None] | None = 
                                         category="common", suffix=".nii.gz")
             n = int(array.sum())
             mask_rows.append((mask, name, sha, n))
+        for kind, future in encoded.items():
+            common_rows[kind]["file"], common_rows[kind]["sha256"] = store.put_bytes(
+                future.result(), category="common", suffix=".nii.gz")
         report(90, "Saving")
         with transaction.atomic():
             previous = {v.kind: v for v in Volume.objects.select_for_update().filter(exam=exam, space="common")}
