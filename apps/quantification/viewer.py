@@ -239,7 +239,8 @@ def exam_viewer_config(exam: Exam, *, url_for: UrlFor, heatmap_url: str | None =
         config["crosshair"] = mm
         config["lesion"] = {"mm": mm, "label": "tumour SUVmax", "suv_max": _rounded(ref["suv_max"], 2),
                             "unit": "SUV", "source": ref["source"],
-                            "displayed_suv_max": _rounded(ref["displayed_suv_max"], 2)}
+                            "displayed_suv_max": (None if ref["displayed_suv_max"] is None
+                                                  else _rounded(ref["displayed_suv_max"], 2))}
         config["markers"].append({"name": "Lesion (SUVmax)", "mm": mm, "color": "#ffd24a"})
     tac = _tac(quant)
     if tac is not None:
