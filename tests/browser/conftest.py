@@ -9,6 +9,9 @@ Fixtures:
     chromium_browser: one Chromium per test session.
     page: a fresh page (own context, 1000x800 viewport) per test; browser console errors are
         collected in `page.console_errors`.
+    page_720: the same at 1280x720, the smallest screen the reading room is designed for.
+    http_server: a live Django server started after the test's settings (plain HTTP).
+    pixels(locator): the RGB pixels of an element's screenshot, for colour checks.
     static_server: a factory serving a directory over HTTP on 127.0.0.1 (random port) from a
         thread; returns the base URL.
 """
@@ -16,10 +19,12 @@ from __future__ import annotations
 
 import functools
 import http.server
+import io
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 CHROMIUM_PATH = Path("/usr/bin/chromium")
@@ -51,10 +56,8 @@ def chromium_browser() -> Iterator[object]:
             browser.close()
 
 
-@pytest.fixture
-def page(chromium_browser: object) -> Iterator[object]:
-    """A fresh page in its own browser context; console errors land in `page.console_errors`."""
-    context = chromium_browser.new_context(viewport={"width": 1000, "height": 800})
+def _page(browser, width: int, height: int) -> Iterator[object]:
+    context = browser.new_context(viewport={"width": width, "height": height})
     page = context.new_page()
     page.console_errors = []
     page.on("console", lambda msg: page.console_errors.append(msg.text) if msg.type == "error" else None)
@@ -63,6 +66,38 @@ def page(chromium_browser: object) -> Iterator[object]:
         yield page
     finally:
         context.close()
+
+
+@pytest.fixture
+def page(chromium_browser: object) -> Iterator[object]:
+    """A fresh page in its own browser context; console errors land in `page.console_errors`."""
+    yield from _page(chromium_browser, 1000, 800)
+
+
+@pytest.fixture
+def page_720(chromium_browser: object) -> Iterator[object]:
+    """A page at 1280x720, the smallest screen the reading room is designed for."""
+    yield from _page(chromium_browser, 1280, 720)
+
+
+@pytest.fixture
+def http_server(settings):
+    """A live server started after the settings below (pytest-django's is session-scoped, so it
+    would start before function-scoped overrides and redirect plain HTTP to HTTPS)."""
+    from pytest_django.live_server_helper import LiveServer
+
+    settings.SESSION_COOKIE_SECURE = False
+    settings.CSRF_COOKIE_SECURE = False
+    server = LiveServer("localhost:0")
+    yield server
+    server.stop()
+
+
+def pixels(locator) -> np.ndarray:
+    """RGB pixels (float) of a Playwright locator's screenshot."""
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB"), dtype=float)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

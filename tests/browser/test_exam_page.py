@@ -4,19 +4,18 @@ image is drawn, and the overlays (tumour VOI, parametric maps) toggle with their
 thumbnails and the quantification table are there too."""
 from __future__ import annotations
 
-import io
 import os
 
 import nibabel as nib
 import numpy as np
 import pytest
-from PIL import Image
 
 from apps.cohorts.models import Exam
 from apps.cohorts.services.bids import bids_import
 from apps.cohorts.services.prepare import exam_prepare
 from apps.cohorts.services.store import media_path
 from apps.quantification.services import exam_quantify
+from tests.browser.conftest import pixels
 from tests.factories import SiteFactory, user_with
 
 # Playwright's sync API keeps an event loop in this thread (from the session-scoped browser on), and
@@ -27,36 +26,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 VIEWER = "[data-aminopet-viewer]"
 JS_VIEWER = f"document.querySelector('{VIEWER}').aminopetViewer"
 
-
-@pytest.fixture
-def http_server(settings):
-    """A live server started after the settings below (pytest-django's is session-scoped, so it
-    would start before function-scoped overrides and redirect plain HTTP to HTTPS)."""
-    from pytest_django.live_server_helper import LiveServer
-
-    settings.SESSION_COOKIE_SECURE = False
-    settings.CSRF_COOKIE_SECURE = False
-    server = LiveServer("localhost:0")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def page_720(chromium_browser):
-    """A page at 1280x720, the smallest screen the reading room is designed for."""
-    context = chromium_browser.new_context(viewport={"width": 1280, "height": 720})
-    page = context.new_page()
-    page.console_errors = []
-    page.on("console", lambda msg: page.console_errors.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: page.console_errors.append(str(exc)))
-    try:
-        yield page
-    finally:
-        context.close()
-
-
-def _pixels(locator) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB"), dtype=float)
 
 
 def _green(rgb: np.ndarray) -> float:
@@ -143,7 +112,7 @@ def test_coordinator_reads_an_exam(page_720, http_server, one_subject, tmp_path)
     names = page.evaluate(f"() => {JS_VIEWER}.nv.volumes.map(v => v.name)")
     assert len(names) == 5  # T1c + PET + tumour VOI + TTP map + slope map
     canvas = page.locator(f"{VIEWER} canvas")
-    before = _pixels(canvas)
+    before = pixels(canvas)
     assert before.std() > 5  # not blank
     opacity = ("key => { const v = " + JS_VIEWER + "; "
                "return v.nv.volumes[v.nv.getVolumeIndexByID(v.layers.get(key).image.id)].opacity; }")
@@ -155,7 +124,7 @@ def test_coordinator_reads_an_exam(page_720, http_server, one_subject, tmp_path)
         assert page.evaluate(opacity, key) == pytest.approx(0.9)
         if key == "voi":
             page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
-            assert _red(_pixels(canvas)) > _red(before), "the VOI shows in red"
+            assert _red(pixels(canvas)) > _red(before), "the VOI shows in red"
         page.get_by_role("checkbox", name=name).uncheck()
         assert page.evaluate(opacity, key) == 0
     assert page.locator("[data-tac] path[data-curve='tumor']").count() == 1

@@ -18,30 +18,6 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-@pytest.fixture
-def http_server(settings):
-    from pytest_django.live_server_helper import LiveServer
-
-    settings.SESSION_COOKIE_SECURE = False
-    settings.CSRF_COOKIE_SECURE = False
-    server = LiveServer("localhost:0")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def page_720(chromium_browser):
-    context = chromium_browser.new_context(viewport={"width": 1280, "height": 720})
-    page = context.new_page()
-    page.console_errors = []
-    page.on("console", lambda msg: page.console_errors.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: page.console_errors.append(str(exc)))
-    try:
-        yield page
-    finally:
-        context.close()
-
-
 def _figure(width: int, height: int, label: str) -> str:
     """A PNG of a real figure's size (matplotlib's reconstruction rows are wide, curves about 4:3)."""
     img = Image.new("RGB", (width, height), "white")

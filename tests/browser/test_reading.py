@@ -30,17 +30,6 @@ VIEWPORT = {"width": 1280, "height": 720}
 SHOTS = os.environ.get("AMINOPET_SCREENSHOTS")  # a folder: keep the pages' screenshots to look at
 
 
-@pytest.fixture
-def http_server(settings):
-    from pytest_django.live_server_helper import LiveServer
-
-    settings.SESSION_COOKIE_SECURE = False
-    settings.CSRF_COOKIE_SECURE = False
-    server = LiveServer("localhost:0")
-    yield server
-    server.stop()
-
-
 def _reading_world(bids_copy):
     bids_import(path=bids_copy)
     recurrences = Exam.objects.filter(timepoint="suspected_recurrence").order_by("pk")

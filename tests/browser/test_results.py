@@ -22,18 +22,6 @@ def _same(shown: float, value: float) -> bool:
     return abs(shown - value) <= 0.0005 + 1e-12
 
 
-@pytest.fixture
-def http_server(settings):
-    """A live server started after the settings below (see tests/browser/test_exam_page.py)."""
-    from pytest_django.live_server_helper import LiveServer
-
-    settings.SESSION_COOKIE_SECURE = False
-    settings.CSRF_COOKIE_SECURE = False
-    server = LiveServer("localhost:0")
-    yield server
-    server.stop()
-
-
 def test_statistician_downloads_the_csv_and_the_numbers_match(chromium_browser, http_server, tmp_path):
     study = study_world(n_cases=16, n_readers=5, seed=6)
     readers_simulate(study=study, n_readers=5, seed=2, ai_benefit=1.0)

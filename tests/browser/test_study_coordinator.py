@@ -13,17 +13,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 SHOTS = os.environ.get("AMINOPET_SCREENSHOTS")
 
 
-@pytest.fixture
-def http_server(settings):
-    from pytest_django.live_server_helper import LiveServer
-
-    settings.SESSION_COOKIE_SECURE = False
-    settings.CSRF_COOKIE_SECURE = False
-    server = LiveServer("localhost:0")
-    yield server
-    server.stop()
-
-
 def test_coordinator_creates_and_opens_a_study(chromium_browser, http_server):
     base = http_server.url
     w = make_world()

@@ -3,12 +3,10 @@ over PET/MRI (a label overlay that toggles), "Go to" buttons for the three biops
 the crosshair to each target, and the panel's legend in words and units with the downloads."""
 from __future__ import annotations
 
-import io
 import os
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from apps.cohorts.models import Exam
 from apps.cohorts.services.bids import bids_import
@@ -16,6 +14,7 @@ from apps.cohorts.services.prepare import exam_prepare
 from apps.quantification.services import exam_quantify
 from apps.subregions.models import SubregionMap
 from apps.subregions.services import subregions_map
+from tests.browser.conftest import pixels
 from tests.factories import SiteFactory, user_with
 
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
@@ -24,33 +23,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 VIEWER = "[data-aminopet-viewer]"
 JS_VIEWER = f"document.querySelector('{VIEWER}').aminopetViewer"
 
-
-@pytest.fixture
-def http_server(settings):
-    from pytest_django.live_server_helper import LiveServer
-
-    settings.SESSION_COOKIE_SECURE = False
-    settings.CSRF_COOKIE_SECURE = False
-    server = LiveServer("localhost:0")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def page_720(chromium_browser):
-    context = chromium_browser.new_context(viewport={"width": 1280, "height": 720})
-    page = context.new_page()
-    page.console_errors = []
-    page.on("console", lambda msg: page.console_errors.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: page.console_errors.append(str(exc)))
-    try:
-        yield page
-    finally:
-        context.close()
-
-
-def _pixels(locator) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB"), dtype=float)
 
 
 def test_neurosurgeon_reads_the_subregion_map(page_720, http_server, one_subject, tmp_path):
@@ -87,10 +59,10 @@ def test_neurosurgeon_reads_the_subregion_map(page_720, http_server, one_subject
     np.testing.assert_allclose(page.evaluate(f"() => {JS_VIEWER}.crosshairMm()"), sm.targets["map"]["mni_mm"],
                                atol=1.01)
     canvas = page.locator(f"{VIEWER} canvas")
-    with_habitats = _pixels(canvas)
+    with_habitats = pixels(canvas)
     page.get_by_role("checkbox", name="Habitats").uncheck()
     page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
-    without = _pixels(canvas)
+    without = pixels(canvas)
     assert np.abs(with_habitats - without).mean() > 0.5, "the habitats overlay colours the tumour"
     page.get_by_role("checkbox", name="Habitats").check()
     page.screenshot(path=str(tmp_path / "subregions-viewer-1280x720.png"))
