@@ -88,6 +88,29 @@ def _cpu_seconds(master_pid: int) -> float:
     return total
 
 
+def _postgres_cpu_seconds() -> float:
+    """User + system CPU seconds of every PostgreSQL process on this machine (its backends included)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, rest = text.split("(", 1)[1].rsplit(")", 1)
+        if name.startswith("postgres"):
+            fields = rest.split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _own_cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _children(pid: int) -> list[int]:
     try:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -291,10 +314,13 @@ def main() -> None:
                     sys.exit("gunicorn did not start:\n" + (tmp / "gunicorn.log").read_text()[-3000:])
                 time.sleep(0.2)
 
-        cpu = {"server": 0.0}
+        cpu = {"server": 0.0, "postgres": 0.0, "client": 0.0}
 
-        def mark_window(start: bool) -> None:  # CPU of the server processes during the measured window only
-            cpu["server"] += (-1 if start else 1) * _cpu_seconds(gunicorn.pid)
+        def mark_window(start: bool) -> None:  # CPU of each part during the measured window only
+            sign = -1 if start else 1
+            cpu["server"] += sign * _cpu_seconds(gunicorn.pid)
+            cpu["postgres"] += sign * _postgres_cpu_seconds()
+            cpu["client"] += sign * _own_cpu_seconds()
 
         figures = asyncio.run(_load(base, info["slug"], info["users"], password, duration=args.duration,
                                     think=args.think, seed=args.seed, on_window=mark_window))
@@ -318,6 +344,10 @@ def main() -> None:
         print(f"server CPU (gunicorn) in the window: {cpu['server']:.1f} s for {n_window} requests = "
               f"{1e3 * cpu['server'] / max(n_window, 1):.0f} ms per request; machine load average {load1:.1f} "
               f"on {os.cpu_count()} CPUs (other processes included)")
+        print(f"CPU in the {figures['elapsed']:.0f} s window: gunicorn {cpu['server']:.1f} s, PostgreSQL "
+              f"{cpu['postgres']:.1f} s, the bench's own clients {cpu['client']:.1f} s "
+              f"({(cpu['server'] + cpu['postgres'] + cpu['client']) / figures['elapsed']:.2f} of "
+              f"{os.cpu_count()} CPUs busy)")
         print(f"answers stored: {figures['created']} (database: {check['submitted']} submitted readings, "
               f"{check['duplicates']} duplicates); readers who finished every case: {figures['finished']}")
         print(f"target: submit p95 <= 100 ms -> {submit['p95'] * 1e3:.0f} ms "
