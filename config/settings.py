@@ -116,6 +116,10 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
 else:
     # One test database per test process here too (a demo, CI and a developer's run can share a server).
     DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
+    # Persistent connections: a new PostgreSQL connection (a forked backend, authentication) cost each
+    # request more than the request itself (bench/bench_reading_load.py). Checked before reuse.
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=300)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
