@@ -84,8 +84,8 @@ class WorklistAPI(_ReaderAPI):
 
 
 class ReadingCaseAPI(_ReaderAPI):
-    def _assignment(self, request, slug, code, arm):
-        return selectors.reader_assignment_for(request.user, slug, code, arm)
+    def _assignment(self, request, slug, code, arm, *, with_size: bool = True):
+        return selectors.reader_assignment_for(request.user, slug, code, arm, with_size=with_size)
 
     @extend_schema(responses=dict)
     def get(self, request, slug, code, arm):
@@ -115,7 +115,7 @@ class ReadingCaseAPI(_ReaderAPI):
 
     @extend_schema(request=AnswerSerializer, responses=dict)
     def post(self, request, slug, code, arm):
-        reader, assignment = self._assignment(request, slug, code, arm)
+        reader, assignment = self._assignment(request, slug, code, arm, with_size=False)  # no position shown
         serializer = AnswerSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         readings = services.case_readings(reader, assignment.case)  # both arms, one query

@@ -122,20 +122,23 @@ def assignment_for(reader: StudyReader, case_code: str, arm: str) -> Assignment:
     return assignment
 
 
-def reader_assignment_for(user, slug: str, case_code: str, arm: str) -> tuple[StudyReader, Assignment]:
+def reader_assignment_for(user, slug: str, case_code: str, arm: str, *,
+                          with_size: bool = True) -> tuple[StudyReader, Assignment]:
     """The user's StudyReader in study ``slug`` and their assignment of ``case_code`` for ``arm``, in
     one query (the reader, study, model version, session, case, exam and patient joined); 404 when the
     user is not a reader of that (non-draft) study, the case is not theirs or the arm is unknown.
 
     The same answer as :func:`study_reader_for` then :func:`assignment_for` (the reader's sessions are
-    read when first needed)."""
+    read when first needed). ``with_size=False`` leaves out the session's number of cases (the
+    heaviest part of the query), for callers that do not show the position."""
     if arm not in Arm.values:
         raise Http404("no such arm")
     qs = (Assignment.objects
           .select_related("session__reader__study__model_version", "case__exam__patient")
           .filter(session__reader__user=user, session__reader__study__slug=slug, case__code=case_code)
-          .exclude(session__reader__study__status=StudyStatus.DRAFT)
-          .annotate(n_session_cases=_session_size()))
+          .exclude(session__reader__study__status=StudyStatus.DRAFT))
+    if with_size:
+        qs = qs.annotate(n_session_cases=_session_size())
     qs = qs.filter(Q(session__reader__study__design=Design.CROSSOVER, session__arm=arm)
                    | ~Q(session__reader__study__design=Design.CROSSOVER))
     assignment = qs.order_by("session__reader_id", "session__number", "position").first()
