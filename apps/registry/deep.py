@@ -334,3 +334,67 @@ def _labels(task: str) -> tuple[str, str]:
     from ml.classical.tasks import TASKS
 
     return TASKS[task]
+
+
+# --- label efficiency across registered runs ------------------------------------------------------
+
+def label_efficiency_runs(model_version: ModelVersion) -> list[dict[str, Any]]:
+    """The learning curve this version belongs to: every WP3 version of the same task, training
+    cohort and external site (any family, label fraction and seed), one row each with its external
+    AUC and CI. Empty for a version without an external site (LOSO or an internal test)."""
+    if not is_classifier_version(model_version) or model_version.external_site_id is None:
+        return []
+    versions = (ModelVersion.objects.filter(task=model_version.task, training_cohort=model_version.training_cohort_id,
+                                            external_site=model_version.external_site_id,
+                                            config__protocol=PROTOCOL)
+                .only("pk", "name", "version", "config", "metrics").order_by("pk"))
+    rows = []
+    for mv in versions:
+        auc = ((mv.metrics or {}).get("external") or {}).get("metrics", {}).get("auc") or {}
+        if auc.get("estimate") is None:
+            continue
+        cfg = mv.config or {}
+        calib = ((mv.metrics or {}).get("external") or {}).get("calibration_stats") or {}
+        rows.append({"pk": mv.pk, "version": str(mv), "family": cfg.get("family"),
+                     "fraction": float(cfg.get("label_fraction", 1.0)), "seed": cfg.get("seed"),
+                     "n_train": len((cfg.get("split") or {}).get("train") or []) or None,
+                     "auc": auc["estimate"], "auc_lo": auc.get("lower"), "auc_hi": auc.get("upper"),
+                     "brier": calib.get("brier")})
+    return rows
+
+
+def label_efficiency(model_version: ModelVersion) -> dict[str, Any] | None:
+    """Table of :func:`label_efficiency_runs` per family and label fraction (mean AUC over seeds, SD,
+    mean CI), for the model page; None with fewer than two runs."""
+    import pandas as pd
+
+    from ml.classify.protocol import summarise_learning_curve
+
+    runs = label_efficiency_runs(model_version)
+    if len(runs) < 2:
+        return None
+    summary = summarise_learning_curve(pd.DataFrame(runs)).sort_values(["family", "fraction"], kind="stable")
+    rows = [{"family": r.family, "fraction": r.fraction, "seeds": int(r.seeds), "auc_mean": r.auc_mean,
+             "auc_sd": None if not np.isfinite(r.auc_sd) else r.auc_sd,
+             "auc_lo": r.auc_lo, "auc_hi": r.auc_hi,
+             "n_train": None if not np.isfinite(r.n_train) else r.n_train,
+             "current": (r.family == model_version.config.get("family")
+                         and abs(r.fraction - float(model_version.config.get("label_fraction", 1.0))) < 1e-9)}
+            for r in summary.itertuples()]
+    return {"rows": rows, "n_runs": len(runs), "site": model_version.external_site.name}
+
+
+def label_efficiency_png(model_version: ModelVersion) -> bytes | None:
+    """The learning-curve plot (:func:`ml.classify.protocol.learning_curve_figure`) of the version's runs."""
+    import io
+
+    import pandas as pd
+
+    from ml.classify.protocol import learning_curve_figure
+
+    runs = label_efficiency_runs(model_version)
+    if len(runs) < 2:
+        return None
+    buf = io.BytesIO()
+    learning_curve_figure(pd.DataFrame(runs), test_site=model_version.external_site.name).savefig(buf, format="png")
+    return buf.getvalue()

@@ -1,4 +1,4 @@
-from django.http import FileResponse, Http404
+from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.views import View
 from django.views.generic import DetailView, ListView
@@ -41,6 +41,9 @@ class ModelDetailView(RoleRequiredMixin, DetailView):
         ctx["n_predictions"] = self.object.predictions.count()
         if self.object.family == "foundation" and self.object.task == "pretraining":
             ctx["foundation"] = foundation_summary(self.request.user, self.object)
+        from apps.registry.deep import label_efficiency
+
+        ctx["label_efficiency"] = label_efficiency(self.object)
         return ctx
 
 
@@ -53,3 +56,17 @@ class ModelPlotView(RoleRequiredMixin, View):
         if not stored:
             raise Http404("no such plot")
         return FileResponse(open(media_path(stored), "rb"), content_type="image/png")
+
+
+class LabelEfficiencyPlotView(RoleRequiredMixin, View):
+    """The learning curve (external AUC vs label fraction, every family) of a WP3 version's runs."""
+
+    required_roles = MODEL_ROLES
+
+    def get(self, request, pk):
+        from apps.registry.deep import label_efficiency_png
+
+        png = label_efficiency_png(get_object_or_404(ModelVersion.objects.select_related("external_site"), pk=pk))
+        if png is None:
+            raise Http404("no learning curve: fewer than two runs on this external site")
+        return HttpResponse(png, content_type="image/png")

@@ -70,6 +70,8 @@ __all__ = [
     "make_split",
     "run_split",
     "learning_curve",
+    "learning_curve_figure",
+    "summarise_learning_curve",
     "leave_one_site_out",
 ]
 
@@ -549,12 +551,7 @@ class LearningCurveResult:
 
     def summary_frame(self) -> pd.DataFrame:
         """Per (family, fraction): mean and SD of the AUC over seeds, mean CI bounds, mean Brier."""
-        t = self.table()
-        g = t.groupby(["family", "fraction"], sort=False)
-        out = g.agg(n_train=("n_train", "mean"), seeds=("seed", "count"), auc_mean=("auc", "mean"),
-                    auc_sd=("auc", "std"), auc_lo=("auc_lo", "mean"), auc_hi=("auc_hi", "mean"),
-                    brier=("brier", "mean"), cal_slope=("cal_slope", "median"))
-        return out.reset_index()
+        return summarise_learning_curve(self.table())
 
     def fold(self, family: str, fraction: float, seed: int) -> FoldResult:
         """The fold of one family, fraction and seed."""
@@ -575,28 +572,49 @@ class LearningCurveResult:
 
     def figure(self) -> Figure:
         """AUC on the external site vs label fraction: per-seed points, mean line, mean 95% CI band."""
-        from matplotlib.figure import Figure
+        return learning_curve_figure(self.table(), test_site=self.config.get("test_site"))
 
-        t, s = self.table(), self.summary_frame()
-        fig = Figure(figsize=(6.4, 4.2), dpi=110)
-        ax = fig.subplots()
-        for i, (fam, part) in enumerate(s.groupby("family", sort=False)):
-            colour = f"C{i}"
-            x = part["fraction"].to_numpy() * 100
-            ax.plot(x, part["auc_mean"], "-o", color=colour, label=fam)
-            ax.fill_between(x, part["auc_lo"], part["auc_hi"], color=colour, alpha=0.12)
-            pts = t[t["family"] == fam]
-            ax.scatter(pts["fraction"] * 100, pts["auc"], color=colour, s=10, alpha=0.5)
-        ax.set_xscale("log")
-        ax.set_xticks([10, 25, 50, 100], labels=["10%", "25%", "50%", "100%"])
-        ax.set_xlabel("training labels used")
-        ax.set_ylabel(f"AUC on {self.config.get('test_site')} (external)")
-        ax.set_ylim(0.3, 1.0)
-        ax.axhline(0.5, color="grey", lw=0.6, ls=":")
-        ax.legend(fontsize=8, loc="lower right")
-        ax.set_title("Label efficiency (mean of seeds, band: mean bootstrap 95% CI)", fontsize=9)
-        fig.tight_layout()
-        return fig
+
+def summarise_learning_curve(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (family, fraction) of a table with one row per run (columns ``family``, ``fraction``,
+    ``seed``, ``auc``, ``auc_lo``, ``auc_hi`` and optionally ``n_train``, ``brier``, ``cal_slope``):
+    mean and SD of the AUC over seeds, mean CI bounds, the other columns' means."""
+    t = table.copy()
+    for col in ("n_train", "brier", "cal_slope"):
+        if col not in t.columns:
+            t[col] = np.nan
+    g = t.groupby(["family", "fraction"], sort=False)
+    out = g.agg(n_train=("n_train", "mean"), seeds=("seed", "count"), auc_mean=("auc", "mean"),
+                auc_sd=("auc", "std"), auc_lo=("auc_lo", "mean"), auc_hi=("auc_hi", "mean"),
+                brier=("brier", "mean"), cal_slope=("cal_slope", "median"))
+    return out.reset_index()
+
+
+def learning_curve_figure(table: pd.DataFrame, *, test_site: str | None) -> Figure:
+    """The label-efficiency plot of a run table (see :func:`summarise_learning_curve`): AUC on the
+    external site vs label fraction, per-seed points, mean line, mean 95% CI band, one colour a family."""
+    from matplotlib.figure import Figure
+
+    s = summarise_learning_curve(table).sort_values(["family", "fraction"], kind="stable")
+    fig = Figure(figsize=(6.4, 4.2), dpi=110)
+    ax = fig.subplots()
+    for i, (fam, part) in enumerate(s.groupby("family", sort=False)):
+        colour = f"C{i}"
+        x = part["fraction"].to_numpy() * 100
+        ax.plot(x, part["auc_mean"], "-o", color=colour, label=fam)
+        ax.fill_between(x, part["auc_lo"], part["auc_hi"], color=colour, alpha=0.12)
+        pts = table[table["family"] == fam]
+        ax.scatter(pts["fraction"] * 100, pts["auc"], color=colour, s=10, alpha=0.5)
+    ax.set_xscale("log")
+    ax.set_xticks([10, 25, 50, 100], labels=["10%", "25%", "50%", "100%"])
+    ax.set_xlabel("training labels used")
+    ax.set_ylabel(f"AUC on {test_site} (external)")
+    ax.set_ylim(0.3, 1.0)
+    ax.axhline(0.5, color="grey", lw=0.6, ls=":")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Label efficiency (mean of seeds, band: mean bootstrap 95% CI)", fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def learning_curve(

@@ -114,6 +114,9 @@ CASES = [
     ("registry:list", {}, "get", MODEL_PAGE),
     ("registry:detail", {"pk": "model.pk"}, "get", MODEL_PAGE),
     ("registry:plot", {"pk": "model.pk", "name": "=cv_roc"}, "get", MODEL_PAGE),
+    # the world's model is a classical one: no learning curve (404) for those who may see models
+    ("registry:label-efficiency", {"pk": "model.pk"}, "get",
+     _expect(403, anon=302, researcher=404, researcher_other=404, admin=404)),
     ("api:model-list", {}, "get", API_MODEL),
     ("api:model-detail", {"pk": "model.pk"}, "get", API_MODEL),
     ("api:prediction-list", {}, "get", API_DATA_LIST),
