@@ -209,6 +209,15 @@ def classifier_train(
         plots_src["training_curve"] = _curve_figure([h for h in fold.details["history"] if "epoch" in h])
     metrics["threshold_rule"] = "Youden on calibrated validation probabilities"
     reg_family, algorithm = FAMILIES[family]
+    # where the model was developed (sites, frame schedules, voxel sizes, background methods of its
+    # training and validation exams): predictions elsewhere carry a warning (ml.classical.domain)
+    import pandas as pd
+
+    from apps.registry.services import exam_context
+    from ml.classical.domain import describe_development
+
+    dev = [int(k) for k in (*split.train, *split.val)]
+    development = describe_development(pd.DataFrame(index=dev), exam_context(dev).reindex(dev))
     config = {
         "protocol": PROTOCOL, "family": family, "task": task, "cohort": cohort, "seed": seed,
         "label_fraction": label_fraction, "external_site": external_site, "loso": loso, "calibration": calibration,
@@ -216,7 +225,7 @@ def classifier_train(
         "estimator": {k: v for k, v in fitted.get_params().items() if isinstance(v, str | int | float | bool)
                       or v is None},
         "split": split.to_dict(), "details": {k: v for k, v in fold.details.items() if k != "history"},
-        "skipped_exams": skipped,
+        "skipped_exams": skipped, "development": development,
     }
     trained = TrainedClassifier(family=family, estimator=fitted, calibrator=calibrator, threshold=fold.threshold,
                                 config=config)
@@ -288,6 +297,12 @@ def classifier_predictions_make(*, model_version: ModelVersion, exams: list[Exam
         raise ClassifierError("no prepared exam to predict" + (f": {skipped[0]['reason']}" if skipped else ""))
     keys = list(index.index)
     stacks = StackLoader(index)(keys)
+    from apps.registry.services import exam_context
+    from ml.classical.domain import domain_warnings
+
+    context = exam_context([int(k) for k in keys])
+    description = model_version.config.get("development")
+    warnings = {k: domain_warnings(description, {}, context.loc[int(k)].to_dict()) for k in keys}
     report(25, f"Predicting {len(keys)} exams")
     prob = trained.predict_proba(stacks)
     decision = trained.decide(prob)
@@ -319,7 +334,7 @@ def classifier_predictions_make(*, model_version: ModelVersion, exams: list[Exam
                               "label": pos_label if d else neg_label, "threshold": trained.threshold,
                               "explanation": {"output": "calibrated probability", "family": trained.family,
                                               "map_method": method if trained.is_deep else None},
-                              "maps": maps.get(k, {}), "warnings": []})
+                              "maps": maps.get(k, {}), "warnings": warnings[k]})
             audit_record(action="predictions.make", actor=user, target=model_version,
                          details={"n": len(keys), "created": created, "changed": changed,
                                   "skipped": [s["exam"] for s in skipped]})

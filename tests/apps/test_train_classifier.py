@@ -79,10 +79,17 @@ def test_train_classifier_inline_registers_versions_and_predicts_with_maps(balan
     call_command("predict", "--model", str(mv.pk), "--cohort", "wp3", "--quiet")
     preds = list(Prediction.objects.filter(model_version=mv))
     assert len(preds) == 8
+    # developed on nancy only: the paris exams carry a site warning, nancy's none
+    assert mv.config["development"]["sites"] == ["nancy"]
     for p in preds:
         assert p.decision == (p.probability >= mv.threshold)
         stored = p.maps["integrated_gradients"]
         assert media_path(stored).is_file()
+        codes = [w["code"] for w in p.warnings]
+        if p.exam.patient.site.name == "paris":  # its own scanner: frame schedule and voxel size too
+            assert codes == ["site_unseen", "frame_schedule_unseen", "voxel_size_unseen"], codes
+        else:
+            assert codes == [], codes
     import nibabel as nib
     img = nib.load(media_path(preds[0].maps["integrated_gradients"]))
     data = img.get_fdata()
