@@ -432,7 +432,7 @@ def _prepare_run(*, cohort: str, config: dict | str | Path, init: str | int | No
 
 
 def foundation_pretrain(*, cohort: str, config: dict | str | Path, init: str | int | None = None,
-                        resume: bool = False, held_out: float = 0.2, name: str = "foundation-vit",
+                        resume: bool | str = False, held_out: float = 0.2, name: str = "foundation-vit",
                         k: int = 5, user=None, progress: Progress | None = None,
                         log: Callable[[str], None] | None = None) -> ModelVersion:
     """Pretrain a foundation encoder on a cohort's prepared exams and register it.
@@ -450,7 +450,8 @@ def foundation_pretrain(*, cohort: str, config: dict | str | Path, init: str | i
         config: a :class:`~ml.foundation.config.PretrainConfig` as a dict, or a YAML file.
         init: a model version id or a local checkpoint file to start from (matching weights are
             loaded, the rest reported; nothing is downloaded).
-        resume: continue the run of the same key from its last checkpoint.
+        resume: continue the run of the same key from its last checkpoint; ``"auto"``: when the run
+            folder holds one (a job retried after its worker was lost), else start afresh.
         held_out: fraction of the patients kept out of pretraining (probe test set, reconstructions,
             retrieval queries).
         name: the registered model's name (versions count up per name).
@@ -466,6 +467,10 @@ def foundation_pretrain(*, cohort: str, config: dict | str | Path, init: str | i
     write_log = log or (lambda line: None)
     run = _prepare_run(cohort=cohort, config=config, init=init, held_out=held_out, report=report,
                        write_log=write_log)
+    if resume == "auto":  # a retried job: continue where the lost attempt's last checkpoint left off
+        resume = (run.run_dir / "model.pt").is_file() and (run.run_dir / "optimizer.pt").is_file()
+        if resume:
+            write_log(f"resuming run {run.key} from its last checkpoint (a previous attempt was interrupted)")
     if not resume and run.run_dir.exists():
         shutil.rmtree(run.run_dir)
     write_log(f"pretraining on {len(run.train_index)} exams of {run.train_index['patient'].nunique()} patients; "

@@ -35,7 +35,9 @@ def handle_pretrain(job: Job, progress: Progress) -> dict:
     if params.get("register_run"):  # trained outside the worker (torchrun): evaluate and register
         mv = foundation_register_run(run_dir=params["register_run"], **common)
     else:
-        mv = foundation_pretrain(resume=bool(params.get("resume")), **common)
+        # a retried attempt (its worker was lost) continues from the run's last checkpoint
+        resume = True if params.get("resume") else ("auto" if job.attempts > 1 else False)
+        mv = foundation_pretrain(resume=resume, **common)
     losses = ", ".join(f"{k} {v:.4f}" if v is not None else f"{k} not finite"
                        for k, v in mv.metrics.get("final_losses", {}).items())
     return {"message": f"Registered {mv} ({losses or 'no losses'})", "model": mv.pk, "links": _links(mv)}

@@ -108,10 +108,22 @@ def test_pretrain_inline_registers_the_encoder(generated_bids, tmp_path, capsys)
                  "--resume")
     resumed = ModelVersion.objects.get(name="foundation-vit", version=2)
     assert resumed.artifact_sha256 == mv.artifact_sha256 and resumed.parent is None
+    # a job retried after its worker was lost (second attempt) resumes on its own; a first attempt
+    # of the same run starts afresh
+    from apps.jobs.services import job_run
+
+    first = Job.objects.filter(kind="pretrain").order_by("pk").first()
+    retried = Job.objects.create(kind="pretrain", params={**first.params, "resume": False}, attempts=1)
+    job_run(job_pk=retried.pk)
+    retried.refresh_from_db()
+    assert retried.status == "succeeded" and retried.attempts == 2, retried.error
+    assert "resuming run" in retried.log and "from its last checkpoint" in retried.log
+    assert ModelVersion.objects.get(pk=retried.result["model"]).artifact_sha256 == mv.artifact_sha256
+    assert "resuming run" not in first.log
     # init from the first version: parent recorded, matching weights loaded
     call_command("pretrain", "--config", str(config), "--cohort", "tiny", "--held-out", "0.25", "--quiet",
                  "--init", str(mv.pk))
-    child = ModelVersion.objects.get(name="foundation-vit", version=3)
+    child = ModelVersion.objects.get(name="foundation-vit", version=4)
     assert child.parent == mv
     init_job = Job.objects.filter(kind="pretrain").order_by("-pk").first()
     assert "init from" in init_job.log and "tensors loaded" in init_job.log
