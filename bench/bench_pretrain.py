@@ -12,7 +12,8 @@ mask covers), each against the random encoder's same embedding.
         --patients 200 --minutes 30
 
 ``--holdout F`` pretrains on the other patients only and probes the held-out fraction (stricter, fewer
-probe exams); by default pretraining sees every exam's images (no labels: self-supervised) and the
+probe exams), ``--holdout-site S`` the same with one site's patients (the WP3 external site: its
+images never reach the encoder); by default pretraining sees every exam's images (no labels: self-supervised) and the
 probe's cross-validation keeps patients apart. ``--bids DIR`` builds the stacks of a BIDS cohort into
 ``--index`` first (ml.foundation.data.build_stacks).
 """
@@ -68,6 +69,8 @@ def main() -> int:
     parser.add_argument("--out", default="/tmp/bench_pretrain", help="run folder (overwritten)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--holdout", type=float, default=0.0, help="fraction of patients kept out of pretraining")
+    parser.add_argument("--holdout-site", default=None,
+                        help="keep this site's patients out of pretraining and probe them only (an external site)")
     parser.add_argument("--seed", type=int, default=None, help="override the config's seed")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -81,6 +84,10 @@ def main() -> int:
         config = dataclasses.replace(config, seed=args.seed)
     rng = np.random.default_rng(config.seed)
     held = set(rng.choice(patients, size=int(round(args.holdout * len(patients))), replace=False)) if args.holdout else set()
+    if args.holdout_site:
+        held |= set(index.loc[index["site"] == args.holdout_site, "patient"])
+        if not held:
+            raise SystemExit(f"no patient of site {args.holdout_site!r} in the index")
     train_index = index[~index["patient"].isin(held)]
     probe_index = index[index["patient"].isin(held)] if held else index
     out = Path(args.out)
