@@ -49,10 +49,10 @@ def aided_layers(config: dict | None, case: StudyCase, arm: str, url_for) -> dic
         return config
     url = url_for(AGGRESSIVENESS)
     if url:
-        config.setdefault("overlays", []).append({
-            "key": "aggressiveness", "url": url, "name": "AI aggressiveness map", "filename": "aggressiveness.nii.gz",
-            "colormap": "hot", "opacity": 0.6, "visible": True, "unit": "a.u.", "cal_min": 1e-4,
-            "description": "where the AI places the most aggressive tumour (relative, not a probability)"})
+        from apps.subregions.panels import aggressiveness_layer
+
+        config.setdefault("overlays", []).append(aggressiveness_layer(sm, url, name="AI aggressiveness",
+                                                                      visible=True))
     target = (sm.targets or {}).get("map")
     if target:
         config.setdefault("markers", []).append({"name": AI_TARGET_NAME, "mm": target["mni_mm"], "color": "#39ff14"})

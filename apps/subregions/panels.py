@@ -1,6 +1,8 @@
 """The exam page's subregion panel and the habitat / target layers of its viewer."""
 from __future__ import annotations
 
+from functools import lru_cache
+
 from django.urls import reverse
 
 from apps.subregions.models import TARGET_METHODS, TARGET_WORDING, SubregionMap
@@ -38,6 +40,39 @@ def latest_map(exam) -> SubregionMap | None:
             .order_by("-created_at", "-pk").first())
 
 
+#: The aggressiveness map is shown from this share of its maximum up: the upper part of the positive
+#: values (where the map says "most aggressive"); zero (outside the tumour) and below are transparent.
+AGGRESSIVENESS_SHOWN_FROM = 0.25
+
+
+@lru_cache(maxsize=512)
+def aggressiveness_window(name: str) -> tuple[float, float] | None:
+    """``(cal_min, cal_max)`` of a stored aggressiveness map (content-addressed: a name always means the
+    same bytes): from :data:`AGGRESSIVENESS_SHOWN_FROM` of its positive maximum to that maximum; None
+    when it has no positive value. Without a window the viewer would stretch the whole map, zeros
+    outside the tumour included, over the brain."""
+    import numpy as np
+
+    from apps.cohorts.services.store import media_path
+    from ml.io.nifti import load_nifti
+
+    values = load_nifti(media_path(name)).array
+    top = float(np.nanmax(values)) if np.isfinite(values).any() else 0.0
+    if not top > 0:
+        return None
+    return AGGRESSIVENESS_SHOWN_FROM * top, top
+
+
+def aggressiveness_layer(sm: SubregionMap, url: str, **extra) -> dict:
+    """The viewer overlay of a mapping's aggressiveness map (exam page and the aided biopsy arm)."""
+    window = aggressiveness_window(sm.aggressiveness.name)
+    lo, hi = window if window else (1e-4, 1.0)
+    return {"key": "aggressiveness", "url": url, "filename": "aggressiveness.nii.gz", "colormap": "cool",
+            "opacity": 0.6, "unit": "a.u.", "cal_min": lo, "cal_max": hi,
+            "description": "where the map places the most aggressive tumour: the upper part of its positive "
+                           "values (relative, not a probability)", **extra}
+
+
 def subregion_layers(config: dict, exam, user) -> None:
     """The latest mapping's habitats (label overlay), aggressiveness map and target markers."""
     sm = latest_map(exam)
@@ -50,12 +85,8 @@ def subregion_layers(config: dict, exam, user) -> None:
         "unit": "habitat", "cal_min": 0.5, "cal_max": k + 0.5,
         "description": f"{k} tumour habitats (1 = earliest TTP); legend under the viewer",
     })
-    config["overlays"].append({
-        "key": "aggressiveness", "url": reverse("subregions:file", args=[sm.pk, "aggressiveness"]),
-        "name": "Aggressiveness map", "filename": "aggressiveness.nii.gz", "colormap": "hot", "opacity": 0.6,
-        "visible": False, "unit": "a.u.", "cal_min": 1e-4,
-        "description": "voxel contribution towards the aggressive class (positive part shown)",
-    })
+    config["overlays"].append(aggressiveness_layer(sm, reverse("subregions:file", args=[sm.pk, "aggressiveness"]),
+                                                   name="Aggressiveness map", visible=False))
     for method in TARGET_METHODS:
         t = sm.targets.get(method)
         if t:

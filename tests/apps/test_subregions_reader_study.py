@@ -112,11 +112,11 @@ def test_the_aided_arm_shows_the_map_and_the_learned_target(biopsy_study, client
     aided = selectors.case_viewer_config(reader, case, Arm.AIDED)
     unaided = selectors.case_viewer_config(reader, case, Arm.UNAIDED)
     names = [o["name"] for o in aided["overlays"]]
-    assert "AI aggressiveness map" in names
+    assert "AI aggressiveness" in names
     assert {"name": biopsy.AI_TARGET_NAME, "mm": [-4.0, 0.0, 12.0], "color": "#39ff14"} in aided["markers"]
-    assert "AI aggressiveness map" not in [o["name"] for o in unaided["overlays"]]
+    assert "AI aggressiveness" not in [o["name"] for o in unaided["overlays"]]
     assert biopsy.AI_TARGET_NAME not in [m["name"] for m in unaided.get("markers", [])]
-    url = next(o["url"] for o in aided["overlays"] if o["name"] == "AI aggressiveness map")
+    url = next(o["url"] for o in aided["overlays"] if o["name"] == "AI aggressiveness")
     client.force_login(reader.user)
     response = client.get(url)
     assert response.status_code == 200

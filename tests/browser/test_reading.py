@@ -147,6 +147,9 @@ def _biopsy_world(bids_copy):
                               {"feature": "ts_max", "value": 2.1, "shap": 0.8}]})
     exam = high
     cohort = Cohort.objects.create(name="diagnosis")
+    from apps.subregions.services import subregions_map
+
+    subregions_map(exam=high, k=2, margin_mm=5.0)  # the aided arm's aggressiveness map and AI target
     cohort.exams.add(high, low)
     coordinator = user_with("coordinator", exam.patient.site)
     reader = user_with("reader", SiteFactory(name=exam.patient.site.name), username="dr-target")
@@ -187,6 +190,7 @@ def _set_target(page):
 def test_reader_places_biopsy_targets_in_the_viewer(chromium_browser, http_server, bids_copy):
     """Diagnosis study: the reader clicks in the viewer, sets the target, the page shows it in mm, the
     server stores it (scanner mm and common-grid voxel), a missing answer keeps it, the CSV has it."""
+    from reader_study import biopsy
     from reader_study.exports import study_export
 
     base = http_server.url
@@ -227,9 +231,27 @@ def test_reader_places_biopsy_targets_in_the_viewer(chromium_browser, http_serve
         assert unaided.target_mm == pytest.approx(shown, abs=1e-6)
         assert unaided.target_voxel == services.target_voxel(shown)
 
-        # aided arm: the target at the lesion, where the viewer opens
+        # aided arm: the AI's aggressiveness map (shown, in its own colours) and its target (a Go-to
+        # button); then the reader's target at the lesion, where the viewer opens
         _wait_viewer(page)
         assert "probability" in page.inner_text("#ai-output")
+        js = "document.querySelector('[data-aminopet-viewer]').aminopetViewer"
+        page.evaluate(f"() => {js}.overlaysReady")
+        layer = page.evaluate(f"() => {{ const v = {js}; const l = v.layers.get('aggressiveness'); "
+                              "const vol = v.nv.volumes[v.nv.getVolumeIndexByID(l.image.id)]; "
+                              "return {opacity: vol.opacity, colormap: vol.colormap, pet: v.nv.volumes[1].colormap, "
+                              "lo: vol.cal_min, hi: vol.cal_max, max: vol.global_max}; }")
+        assert layer["opacity"] > 0 and layer["colormap"] == "cool" and layer["pet"] == "warm", layer
+        # only the upper part of the map's positive values: the zeros outside the tumour stay transparent
+        assert 0 < layer["lo"] < layer["hi"] and layer["lo"] == pytest.approx(0.25 * layer["hi"], rel=1e-3), layer
+        page.get_by_role("button", name=f"Go to {biopsy.AI_TARGET_NAME}").click()
+        page.wait_for_timeout(300)
+        ai_target = biopsy.study_map(study, unaided.case.exam_id).targets["map"]["mni_mm"]
+        assert max(abs(a - b) for a, b in zip(_crosshair(page), ai_target, strict=True)) < 1.5
+        if SHOTS:
+            page.screenshot(path=f"{SHOTS}/reading-biopsy-aided.png")
+        page.get_by_role("button", name="Go to Lesion (SUVmax)").click()
+        page.wait_for_timeout(300)
         at_lesion = _set_target(page)
         assert max(abs(a - b) for a, b in zip(at_lesion, lesion, strict=True)) < 1.5
         # a missing agreement brings the form back with the target kept and shown
