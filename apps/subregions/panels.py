@@ -64,8 +64,13 @@ def aggressiveness_window(name: str) -> tuple[float, float] | None:
 
 
 def aggressiveness_layer(sm: SubregionMap, url: str, **extra) -> dict:
-    """The viewer overlay of a mapping's aggressiveness map (exam page and the aided biopsy arm)."""
-    window = aggressiveness_window(sm.aggressiveness.name)
+    """The viewer overlay of a mapping's aggressiveness map (exam page and the aided biopsy arm); a
+    stored file that cannot be read (lost from the store) leaves the page up with a default window,
+    and its own URL answers the error."""
+    try:
+        window = aggressiveness_window(sm.aggressiveness.name)
+    except (OSError, ValueError):
+        window = None
     lo, hi = window if window else (1e-4, 1.0)
     return {"key": "aggressiveness", "url": url, "filename": "aggressiveness.nii.gz", "colormap": "cool",
             "opacity": 0.6, "unit": "a.u.", "cal_min": lo, "cal_max": hi,

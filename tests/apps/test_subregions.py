@@ -163,6 +163,22 @@ def test_map_subregions_command_targets_files_downloads_and_rerun(mapped_cohort,
     assert ExamEmbedding.objects.filter(model_version=encoder_version).count() == 4
     assert SubregionMap.objects.filter(exam=exam).count() == 2  # the dynamics-only mapping stays
 
+    # the exam page's aggressiveness overlay: windowed from 25 % of the map's maximum (read here with
+    # nibabel) to it; with the file lost from the store the page still opens (default window)
+    import nibabel as nib
+
+    from apps.subregions.panels import aggressiveness_layer, aggressiveness_window
+
+    other = SubregionMap.objects.get(exam=exams[1])
+    top = float(np.nanmax(np.asarray(nib.load(media_path(other.aggressiveness.name)).dataobj)))
+    layer = aggressiveness_layer(other, "/x/")
+    assert top > 0 and layer["cal_max"] == pytest.approx(top) and layer["cal_min"] == pytest.approx(0.25 * top)
+    aggressiveness_window.cache_clear()
+    media_path(other.aggressiveness.name).rename(tmp_path / "moved.nii.gz")
+    assert aggressiveness_layer(other, "/x/")["cal_max"] == 1.0
+    client.force_login(user_with("coordinator", exams[1].patient.site))
+    assert client.get(reverse("cohorts:exam", args=[exams[1].pk])).status_code == 200
+
 
 def test_bad_requests_are_refused_with_the_reason(bids_copy):
     from tests.factories import ModelVersionFactory
