@@ -475,7 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         line.update(checkpoint=str(result.checkpoint), sha256=result.sha256, epochs=len(result.history),
                     seconds=round(result.seconds, 1), last=result.history[-1] if result.history else None)
-    print(json.dumps(line), flush=True)
+    # one write per rank (ranks share the pipe: a separate newline could land after the other's line)
+    sys.stdout.write(json.dumps(line) + "\n")
+    sys.stdout.flush()
     return 0
 
 

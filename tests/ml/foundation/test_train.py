@@ -193,6 +193,16 @@ def test_bad_index_is_a_clear_error(foundation_index, tiny_config, tmp_path):
 
 
 @pytest.mark.slow
+def _json_objects(text: str) -> list[dict]:
+    """Every JSON object in ``text``, even when two processes' lines ran together."""
+    decoder, out, i = json.JSONDecoder(), [], text.find("{")
+    while i >= 0:
+        obj, end = decoder.raw_decode(text, i)
+        out.append(obj)
+        i = text.find("{", end)
+    return out
+
+
 def test_ddp_two_gloo_ranks_end_with_identical_weights(foundation_index, tiny_config, tmp_path):
     index_dir = Path(foundation_index["path"].iloc[0]).parent
     cfg = dataclasses.replace(tiny_config, epochs=1, batch_size=2)
@@ -205,7 +215,7 @@ def test_ddp_two_gloo_ranks_end_with_identical_weights(foundation_index, tiny_co
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    lines = _json_objects(proc.stdout)  # the two ranks write to one pipe
     digests = {x["rank"]: x["weights_digest"] for x in lines}
     assert set(digests) == {0, 1}
     assert digests[0] == digests[1]
