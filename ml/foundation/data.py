@@ -21,6 +21,7 @@ an ``index.csv`` for the benches and notebooks.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -337,6 +338,7 @@ def build_stacks(
     voxel_mm: float = 4.0,
     workers: int = 2,
     limit: int | None = None,
+    timepoints: Sequence[str] | None = None,
     progress: Any = None,
 ) -> pd.DataFrame:
     """Prepare every exam of a BIDS dataset (generator layout) into ``out_dir``.
@@ -352,6 +354,8 @@ def build_stacks(
         voxel_mm: common-grid voxel size (2 mm for GPU work, 4 mm for CPU).
         workers: processes.
         limit: only the first ``limit`` patients (sorted), for quick runs.
+        timepoints: only exams at these timepoints (``initial_diagnosis``, ``suspected_recurrence``);
+            the index then lists those only.
         progress: ``callable(done, total)`` or ``None``.
 
     Returns:
@@ -363,6 +367,11 @@ def build_stacks(
     if limit is not None:
         keep = sorted({e.meta["patient"] for e in exams})[:limit]
         exams = [e for e in exams if e.meta["patient"] in keep]
+    if timepoints is not None:
+        unknown = set(timepoints) - {"initial_diagnosis", "suspected_recurrence"}
+        if unknown:
+            raise ValueError(f"unknown timepoints: {sorted(unknown)}")
+        exams = [e for e in exams if e.meta["timepoint"] in set(timepoints)]
     todo, rows, errors = [], [], []
     for e in exams:
         path = out / f"{e.key.replace('/', '_')}.npz"

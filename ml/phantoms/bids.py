@@ -48,7 +48,7 @@ GROUNDTRUTH_COLUMNS = (
     "suv_striatum", "suv_tumour", "suv_aggressive", "true_suvmax", "true_tbr_max", "true_ts_max",
     "true_ttp_min", "ttp_aggressive_min", "slope_per_h", "tumour_volume_ml",
     "aggressive_centroid_x_mm", "aggressive_centroid_y_mm", "aggressive_centroid_z_mm",
-    "calibration", "injected_mbq", "body_weight_kg", "psf_fwhm_mm", "pet_dtype",
+    "aggressive_pattern", "calibration", "injected_mbq", "body_weight_kg", "psf_fwhm_mm", "pet_dtype",
     "pet_orientation", "mri_orientation",
 )
 
@@ -317,7 +317,7 @@ def exam_groundtruth_row(exam: Exam) -> dict[str, Any]:
         "true_ttp_min": t.ttp_min, "ttp_aggressive_min": t.ttp_aggressive_min,
         "slope_per_h": t.slope_per_h, "tumour_volume_ml": t.tumour_volume_ml,
         "aggressive_centroid_x_mm": c[0], "aggressive_centroid_y_mm": c[1], "aggressive_centroid_z_mm": c[2],
-        "calibration": t.calibration, "injected_mbq": t.injected_mbq, "body_weight_kg": t.body_weight_kg,
+        "aggressive_pattern": t.aggressive_pattern, "calibration": t.calibration, "injected_mbq": t.injected_mbq, "body_weight_kg": t.body_weight_kg,
         "psf_fwhm_mm": exam.site.psf_fwhm_mm, "pet_dtype": exam.site.pet_dtype,
         "pet_orientation": exam.site.pet_orientation, "mri_orientation": exam.site.mri_orientation,
     }
@@ -423,4 +423,7 @@ def write_dataset_files(
         "true_ts_max": {"Description": "true_suvmax / suv_striatum"},
         "true_ttp_min": {"Description": "time to peak of the volume-weighted tumour TAC", "Units": "min"},
         "aggressive_centroid_x_mm": {"Description": "world (RAS, scanner) x of the aggressive subregion centroid", "Units": "mm"},
+        "aggressive_pattern": {"Description": "static: the aggressive subregion is the static hotspot; dynamic: "
+                               "early peak and washout at static uptake no higher than the rest of the tumour "
+                               "(only the dynamics show it, Kunz 2011); none: no aggressive subregion"},
     })

@@ -88,6 +88,9 @@ class ExamTruth:
         slope_per_h: late slope of the tumour TAC over the static window (% per hour).
         tumour_volume_ml: metabolic tumour volume in the patient (mL).
         aggressive_centroid_mm: world (RAS mm) centroid of the aggressive subregion or ``None``.
+        aggressive_pattern: ``static`` (the aggressive subregion is hotter than the rest of the
+            tumour: the static SUVmax lies in it), ``dynamic`` (early peak and washout at static
+            uptake no higher than the rest: only the dynamics show it) or ``none``.
         calibration: the site's calibration factor applied to the images.
         injected_mbq: injected activity (MBq).
         body_weight_kg: body weight (kg).
@@ -109,6 +112,7 @@ class ExamTruth:
     calibration: float
     injected_mbq: float
     body_weight_kg: float
+    aggressive_pattern: str = "none"
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,7 @@ class ExamPlan:
     dose_mbq: float
     time_zero: str
     seed: np.random.SeedSequence
+    aggressive_pattern: str = "none"
 
 
 @dataclass(frozen=True)
@@ -197,6 +202,15 @@ class PatientModel:
     resolution: int
     warp: Warp
     plans: dict[str, ExamPlan] = field(default_factory=dict)
+
+
+#: Probability, by WHO grade, that the aggressive focus of a glioma with rising kinetics is a dynamic
+#: hotspot (early peak and washout, static uptake like the rest of the tumour) rather than a static
+#: one (hotter than the rest). Kunz et al. 2011 (Neuro-Oncol 13:307) found such TTP hotspots with
+#: anaplastic histology in gliomas whose static FET uptake looked homogeneous; grade 3 is likelier.
+DYNAMIC_HOTSPOT_PROBABILITY = {2: 0.35, 3: 0.6, 4: 0.5}
+#: Static SUV of a dynamic hotspot relative to the rest of the tumour.
+DYNAMIC_HOTSPOT_STATIC_RATIO = (0.85, 1.0)
 
 
 def _lognormal(rng: np.random.Generator, median: float, sigma: float, lo: float, hi: float) -> float:
@@ -292,12 +306,21 @@ def _plan_exam(
     tacs["necrosis"] = Tac(tacs["healthy"].amplitude * 0.35, bg[0], bg[1])
     tacs["oedema"] = Tac(tacs["healthy"].amplitude * 0.90, bg[0], bg[1])
     tacs["cavity"] = Tac(tacs["healthy"].amplitude * 0.10, bg[0], bg[1])
-    suv = {k: t.mean(*window) for k, t in tacs.items()}
     dose = float(np.clip(rng.normal(site.dose_mbq_per_kg, 0.15) * labels.weight_kg, 80.0, 350.0))
     minutes = int(rng.integers(8 * 60, 16 * 60))
+    pattern = "static" if aggressive_present else "none"
+    # Dynamic hotspot (Kunz et al. 2011): in a glioma whose curve rises (mostly IDH-mutant), an
+    # anaplastic focus shows as an early-peaking, washing-out curve while its late (static) uptake is
+    # no higher than the rest of the tumour: the static SUVmax misses it, the dynamics find it. Drawn
+    # after every other choice of the exam so that those stay what they were.
+    if timepoint == "initial_diagnosis" and not early and rng.random() < DYNAMIC_HOTSPOT_PROBABILITY[grade]:
+        tacs["aggressive"] = _tumour_tac(rng, early=True, aggressive=True).scaled_to(
+            b * tbr * rng.uniform(*DYNAMIC_HOTSPOT_STATIC_RATIO), window)
+        pattern = "dynamic"
+    suv = {k: t.mean(*window) for k, t in tacs.items()}
     return ExamPlan(
         lesion=lesion, tacs=tacs, suv=suv, dose_mbq=round(dose, 1),
-        time_zero=f"{minutes // 60:02d}:{minutes % 60:02d}:00", seed=seed,
+        time_zero=f"{minutes // 60:02d}:{minutes % 60:02d}:00", seed=seed, aggressive_pattern=pattern,
     )
 
 
@@ -737,6 +760,7 @@ def render_exam(
         calibration=model.site.calibration,
         injected_mbq=plan.dose_mbq,
         body_weight_kg=model.labels.weight_kg,
+        aggressive_pattern=plan.aggressive_pattern if present_aggr else "none",
     )
     first = timepoint == "initial_diagnosis"
     return Exam(

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from ml.foundation.data import (
@@ -90,6 +91,17 @@ def test_build_stacks_keeps_its_cache_and_rebuilds_what_is_missing(stacks):
     assert list(again.index) == list(index.index)
     assert first.stat().st_mtime_ns == kept
     assert second.exists()
+
+
+def test_build_stacks_keeps_only_the_timepoints_asked(stacks):
+    root, out, index = stacks
+    first = index[index["timepoint"] == "initial_diagnosis"]
+    only = build_stacks(root, out, voxel_mm=4.0, workers=1, timepoints=["initial_diagnosis"])
+    assert list(only.index) == list(first.index) and len(only) < len(index)
+    assert set(pd.read_csv(out / "index.csv")["timepoint"]) == {"initial_diagnosis"}
+    with pytest.raises(ValueError, match="unknown timepoints"):
+        build_stacks(root, out, timepoints=["baseline"])
+    build_stacks(root, out, voxel_mm=4.0, workers=1)  # the shared fixture's full index again
 
 
 def _arrays(voxel=4.0):
