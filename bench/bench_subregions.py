@@ -126,6 +126,18 @@ def _voxel_supervised(train_feats, train_stacks, random_state: int):
     return model
 
 
+def _by_pattern(per_exam: pd.DataFrame, groundtruth: str) -> pd.DataFrame:
+    """Hit rate per method and aggressive-subregion pattern of the generator (n in the column names)."""
+    gt = pd.read_csv(groundtruth, sep="\t", dtype=str)
+    gt["key"] = gt["participant_id"] + "/" + gt["session_id"]
+    pattern = gt.set_index("key")["aggressive_pattern"] if "aggressive_pattern" in gt else pd.Series(dtype=str)
+    rows = per_exam.assign(pattern=per_exam["key"].map(pattern).fillna("n/a"))
+    table = rows.pivot_table(index="method", columns="pattern", values="hit", aggfunc="mean")
+    counts = rows[rows["method"] == rows["method"].iloc[0]]["pattern"].value_counts()
+    table.columns = [f"hit {c} (n={counts.get(c, 0)})" for c in table.columns]
+    return table.loc[per_exam["method"].unique()].round(3)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stacks", default="/work/data/stacks200_4mm", help="stack cache folder")
@@ -140,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
     ap.add_argument("--out", default="var/bench_subregions", help="folder for the CSV files")
     ap.add_argument("--seed", type=int, default=0, help="random seed")
+    ap.add_argument("--groundtruth", default=None,
+                    help="the cohort's derivatives/groundtruth/groundtruth.tsv: hit rates also by aggressive_pattern "
+                         "(static hotspot / dynamic hotspot)")
     args = ap.parse_args(argv)
     import torch
 
@@ -236,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         cols = ["hit_rate", "hit_lo", "hit_hi", "median_distance_mm", "distance_mm", "distance_lo", "distance_hi",
                 "dice", "dice_lo", "dice_hi", "fallbacks", "hit_diff", "diff_lo", "diff_hi", "mcnemar_p"]
         print(frame[cols].round(3).to_string())
+        if args.groundtruth:
+            print(_by_pattern(ev.per_exam, args.groundtruth).to_string())
     pd.concat(summaries).to_csv(out / "targets_summary.csv")
     print(f"\ntotal {time.perf_counter() - t0:.0f} s; CSV in {out}")
     return 0

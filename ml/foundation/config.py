@@ -40,6 +40,11 @@ class PretrainConfig:
         intensity_scale: random per-channel scale factor range (+-) of the views.
         intensity_shift: random per-channel offset range (+-) of the views.
         noise_std: standard deviation of the Gaussian noise added to half the views.
+        pet_blur_mm: scanner-resolution augmentation: half the views get their PET channels blurred
+            by a Gaussian of FWHM uniform in [0, pet_blur_mm] mm (sites' PSFs differ by a few mm);
+            0: off.
+        mri_bias_field: MRI-coil augmentation: half the views get a smooth multiplicative bias field
+            (MONAI RandBiasField, degree 3, coefficients in [-x, x]) on their MRI channels; 0: off.
         cache_rate: fraction of the exams kept in memory (MONAI CacheDataset).
         num_workers: DataLoader workers (0: in the training process).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
@@ -61,6 +66,8 @@ class PretrainConfig:
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
     noise_std: float = 0.05
+    pet_blur_mm: float = 0.0
+    mri_bias_field: float = 0.0
     cache_rate: float = 1.0
     num_workers: int = 0
     device: str = "auto"

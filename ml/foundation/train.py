@@ -39,7 +39,10 @@ from monai.data import CacheDataset, MetaTensor
 from monai.transforms import (
     Compose,
     MapTransform,
+    RandBiasField,
     RandGaussianNoised,
+    RandGaussianSmooth,
+    RandomizableTransform,
     RandScaleIntensityd,
     RandShiftIntensityd,
     RandSpatialCropSamplesd,
@@ -48,7 +51,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from ml.foundation.config import PretrainConfig, load_config, save_config
-from ml.foundation.data import load_index, load_stack
+from ml.foundation.data import CHANNELS, load_index, load_stack
 from ml.foundation.model import file_sha256, save_encoder
 from ml.foundation.pretext import TASKS, PretrainModel
 
@@ -133,6 +136,37 @@ class LoadStackd(MapTransform):
         return {"image": image, "key": data.get("key", stack.key)}
 
 
+class RandOnChannelsd(RandomizableTransform, MapTransform):
+    """Apply a random array transform to some channels of ``image`` only, with probability ``prob``
+    (e.g. a bias field to the MRI channels, a blur to the PET channels)."""
+
+    def __init__(self, transform: Any, channels: list[int], prob: float) -> None:
+        RandomizableTransform.__init__(self, prob=prob)
+        MapTransform.__init__(self, keys=["image"])
+        self.transform, self.channels = transform, list(channels)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        super().set_random_state(seed, state)
+        self.transform.set_random_state(state=self.R)
+        return self
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        self.randomize(None)
+        if not self._do_transform:
+            return data
+        out = dict(data)
+        image = out["image"]
+        part = self.transform(image[self.channels], randomize=True)
+        image = image.clone()
+        image[self.channels] = torch.as_tensor(part, dtype=image.dtype)
+        out["image"] = image
+        return out
+
+
+def _channels(prefix_pet: bool) -> list[int]:
+    return [i for i, c in enumerate(CHANNELS) if c.startswith("suv") == prefix_pet]
+
+
 def _transforms(config: PretrainConfig) -> Compose:
     ops: list[Any] = [
         LoadStackd(),
@@ -147,6 +181,13 @@ def _transforms(config: PretrainConfig) -> Compose:
                                        channel_wise=True))
     if config.noise_std > 0:
         ops.append(RandGaussianNoised(keys=["image"], std=config.noise_std, prob=0.5))
+    if config.pet_blur_mm > 0:  # scanner resolution: FWHM uniform in [0, pet_blur_mm] mm
+        sigma = (1e-3, config.pet_blur_mm / (2.0 * math.sqrt(2.0 * math.log(2.0))) / config.encoder.voxel_mm)
+        blur = RandGaussianSmooth(sigma_x=sigma, sigma_y=sigma, sigma_z=sigma, prob=1.0)
+        ops.append(RandOnChannelsd(blur, _channels(prefix_pet=True), prob=0.5))
+    if config.mri_bias_field > 0:
+        bias = RandBiasField(degree=3, coeff_range=(-config.mri_bias_field, config.mri_bias_field), prob=1.0)
+        ops.append(RandOnChannelsd(bias, _channels(prefix_pet=False), prob=0.5))
     return Compose(ops)
 
 

@@ -227,3 +227,46 @@ def test_ddp_two_gloo_ranks_end_with_identical_weights(foundation_index, tiny_co
     # each rank trained on half the exams per epoch, on gradients averaged over both
     history = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert history[0]["steps"] == len(foundation_index) // 4
+
+
+def test_scanner_augmentations_touch_only_their_channels_and_are_seeded(tiny_config, foundation_index):
+    """PET blur changes only the PET channels (smoother: less voxel-to-voxel variation), the MRI bias
+    field only the MRI channels; both reproducible from the transform seed; off by default."""
+    from ml.foundation.data import CHANNELS
+    from ml.foundation.train import _transforms
+
+    pet = [i for i, c in enumerate(CHANNELS) if c.startswith("suv")]
+    mri = [i for i, c in enumerate(CHANNELS) if not c.startswith("suv")]
+    item = {"path": foundation_index["path"].iloc[0], "key": foundation_index.index[0]}
+
+    def views(config, seed):
+        t = _transforms(config)
+        t.set_random_state(seed=seed)
+        return [v["image"].as_tensor() for v in t(dict(item))]
+
+    plain = dataclasses.replace(tiny_config, intensity_scale=0.0, intensity_shift=0.0, noise_std=0.0)
+    base = views(plain, 1)
+    blurred = views(dataclasses.replace(plain, pet_blur_mm=12.0), 1)
+    biased = views(dataclasses.replace(plain, mri_bias_field=0.3), 1)
+    # the same crops (the crop is drawn first, from the same seed)
+    changed_pet = changed_mri = 0
+    for b, bl, bi in zip(base, blurred, biased, strict=True):
+        torch.testing.assert_close(bl[mri], b[mri])
+        torch.testing.assert_close(bi[pet], b[pet])
+        if not torch.allclose(bl[pet], b[pet]):
+            changed_pet += 1
+            rough = lambda x: (x[:, 1:] - x[:, :-1]).abs().mean()  # noqa: E731
+            assert rough(bl[pet]) < rough(b[pet])
+        if not torch.allclose(bi[mri], b[mri]):
+            changed_mri += 1
+    both = dataclasses.replace(plain, pet_blur_mm=12.0, mri_bias_field=0.3)
+    n_views = n_pet = n_mri = 0
+    for seed in range(6):  # same seed: same crops; each augmentation hits about half the views
+        for b, v in zip(views(plain, seed), views(both, seed), strict=True):
+            n_views += 1
+            n_pet += not torch.allclose(v[pet], b[pet])
+            n_mri += not torch.allclose(v[mri], b[mri])
+    assert 0 < n_pet < n_views and 0 < n_mri < n_views, (n_pet, n_mri, n_views)
+    for a, b in zip(views(both, 3), views(both, 3), strict=True):
+        torch.testing.assert_close(a, b)
+    assert changed_pet + changed_mri > 0
