@@ -264,6 +264,9 @@ def main() -> None:
                         help=f"bench database name, starting with {DB_PREFIX} (dropped at the end)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the clients' answers and pauses")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    parser.add_argument("--cache-url", default="",
+                        help="Django cache shared by the workers (e.g. redis://127.0.0.1:6379/9, as docker/compose.yaml "
+                             "sets it; sessions then come from it); default: one per process")
     args = parser.parse_args()
     if not (1 <= args.readers <= 100 and 4 <= args.cases <= 200 and 5 <= args.duration <= 120
             and 0 <= args.think <= 10 and 1 <= args.workers <= 16 and 1 <= args.threads <= 16):
@@ -280,6 +283,9 @@ def main() -> None:
         "ALLOWED_HOSTS": "127.0.0.1", "CELERY_TASK_ALWAYS_EAGER": "1", "LOG_LEVEL": "ERROR",
         "DJANGO_SETTINGS_MODULE": "config.settings",
     }
+    env.pop("CACHE_URL", None)
+    if args.cache_url:
+        env |= {"CACHE_URL": args.cache_url, "CACHE_KEY_PREFIX": f"{args.database}:{secrets.token_hex(4)}"}
     gunicorn = None
     try:
         t0 = time.monotonic()
@@ -328,7 +334,8 @@ def main() -> None:
                            .split("BENCH", 1)[1])
         mode = f"think {args.think:g} s" if args.think else "no think time (saturation)"
         print(f"\n{args.readers} readers, {args.duration:.0f} s, {mode}; gunicorn {args.workers} workers"
-              f"{f' x {args.threads} threads' if args.threads > 1 else ''}, PostgreSQL; {os.cpu_count()} CPUs "
+              f"{f' x {args.threads} threads' if args.threads > 1 else ''}, PostgreSQL, "
+              f"{'cache ' + args.cache_url if args.cache_url else 'cache per process'}; {os.cpu_count()} CPUs "
               "shared with the client")
         print(f"logins: {figures['logged_in']} of {args.readers} in {figures['login_s']:.1f} s (login and worklist: before the window)")
         print(f"{'endpoint':<14} {'requests':>8} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}")

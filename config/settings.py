@@ -154,6 +154,20 @@ if AXES_IPWARE_PROXY_COUNT:
 SESSION_COOKIE_AGE = env.int("SESSION_COOKIE_AGE", default=8 * 3600)
 SESSION_EXPIRE_AT_BROWSER_CLOSE = True
 
+# --- Cache ------------------------------------------------------------------------------------
+# Per process by default (nothing to install). CACHE_URL=redis://host:6379/1 shares it between the
+# web workers and hosts (docker/compose.yaml): the reading viewer's configurations and the study
+# results are computed once for all workers, and sessions are read from it (cached_db: the database
+# stays the record, a request no longer queries it for the session). A pytest process keeps a cache of
+# its own (its keys would otherwise meet a demo's in a shared Redis).
+_TESTING = "pytest" in sys.modules
+CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://") if not _TESTING
+          else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+CACHES["default"].setdefault("KEY_PREFIX", env.str("CACHE_KEY_PREFIX", default=f"aminopet:{DATABASES['default']['NAME']}"))
+SHARED_CACHE = not CACHES["default"]["BACKEND"].endswith(("LocMemCache", "DummyCache"))
+if SHARED_CACHE:
+    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+
 # --- Content-Security-Policy (django-csp) -----------------------------------------------------
 # Scripts and styles from our own origin only: no inline script anywhere (templates load static
 # files; the API docs use drf-spectacular's split view). NiiVue draws with WebGL2 and reads volumes
@@ -221,7 +235,6 @@ AMINOPET_AFTER_IMPORT_JOBS = env.list("AMINOPET_AFTER_IMPORT_JOBS", default=["pr
 # --- Celery -----------------------------------------------------------------------------------
 # A pytest process gets its own broker folder and queue (as it gets its own database), so a demo's
 # worker never takes a test's messages and the test worker (started with -Q) never takes the demo's.
-_TESTING = "pytest" in sys.modules
 AMINOPET_BROKER_DIR = Path(env.str("AMINOPET_BROKER_DIR", default=str(
     VAR_DIR / (f"test_broker_{os.getpid()}" if _TESTING else "broker")))).resolve()
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")

@@ -320,17 +320,31 @@ def _scrub(config: dict) -> dict:
 
 
 _generation = [0]  # bumped whenever an exam's images, masks, quantification or a model version change
+#: The same count in the cache: with a shared cache (settings.CACHE_URL, Redis) a change saved by any
+#: process (a Celery worker re-preparing an exam, another web worker) is seen by every process at once.
+_GENERATION_KEY = "reader_study:generation"
+
+
+def _cache_generation() -> str:
+    """The key part that changes with the cached data: this process's count and the cache's."""
+    return f"{_generation[0]}.{cache.get(_GENERATION_KEY, 0)}"
 
 
 def cached_data_changed(**_kwargs) -> None:
     """Signal receiver (reader_study.apps): forget the cached viewer configurations and training
-    references of this process (a saved or deleted exam, volume, mask, quantification or model
-    version; primary keys can be reused, e.g. after a rollback)."""
+    references (a saved or deleted exam, volume, mask, quantification or model version; primary keys
+    can be reused, e.g. after a rollback): in this process, and through the cache in every process
+    that shares it."""
     _generation[0] += 1
+    try:
+        cache.incr(_GENERATION_KEY)
+    except ValueError:  # not in the cache yet (or evicted from a per-process one)
+        cache.set(_GENERATION_KEY, 1, None)
 
 
-#: How long a process keeps a case's viewer configuration (without its signed URLs): the images of a
-#: case in a running study do not change; a re-prepared exam shows within this time.
+#: How long the cache keeps a case's viewer configuration (without its signed URLs): the images of a
+#: case in a running study do not change; a re-prepared exam shows at once in the processes that share
+#: the cache with the process that saved it, within this time in the others.
 VIEWER_CONFIG_CACHE_SECONDS = 300
 _SIGNED = "signed-image:"  # placeholder URL prefix in the cached configuration, + the image's ``what``
 
@@ -339,7 +353,7 @@ def _viewer_template(case: StudyCase, arm: str, *, heatmap: bool) -> dict | None
     """The scrubbed viewer configuration of the case with placeholder URLs (``signed-image:<what>``),
     computed once per exam, arm kind and heat map, then kept :data:`VIEWER_CONFIG_CACHE_SECONDS` (it
     reads the volumes, masks and quantification: about a third of a case open otherwise)."""
-    key = f"reader_study:viewer:{_generation[0]}:{case.exam_id}:{'aided' if arm == Arm.AIDED else 'unaided'}:{int(heatmap)}"
+    key = f"reader_study:viewer:{_cache_generation()}:{case.exam_id}:{'aided' if arm == Arm.AIDED else 'unaided'}:{int(heatmap)}"
     key += f":study{case.study_id}"  # the aided arm of a biopsy study adds the study's subregion map
     cached = cache.get(key)
     if cached is not None:
@@ -408,7 +422,7 @@ REFERENCES_CACHE_SECONDS = 600
 def _training_references(model_version) -> tuple[dict[str, float], int | None]:
     """Median of each clinical parameter over the model's training exams, and their number of sites
     (cached per model version, :data:`REFERENCES_CACHE_SECONDS`)."""
-    key = f"reader_study:refs:{_generation[0]}:{model_version.pk}"
+    key = f"reader_study:refs:{_cache_generation()}:{model_version.pk}"
     cached = cache.get(key)
     if cached is None:
         cached = _training_references_read(model_version)

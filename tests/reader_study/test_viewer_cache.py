@@ -58,6 +58,27 @@ def test_a_changed_exam_is_seen_at_once(open_world):
     assert [b["name"] for b in after["bases"]] == ["T1c", "FLAIR"]
 
 
+def test_a_change_saved_by_another_process_is_seen_through_the_cache(open_world):
+    """Another process (a worker re-preparing the exam) saves and bumps the cache's count, not this
+    process's: with a shared cache (CACHE_URL) this process sees the change at once."""
+    from django.core.cache import cache
+
+    from apps.cohorts.models import Volume
+
+    w = open_world
+    reader = w["study"].readers.get(user=w["readers"][0])
+    case = w["study"].cases.order_by("code").first()
+    assert [b["name"] for b in selectors.case_viewer_config(reader, case, "unaided")["bases"]] == ["T1c"]
+    t1c = Volume.objects.get(exam=case.exam, kind="t1c", space="common")
+    flair = Volume(exam=case.exam, kind="flair", space="common", units="", file=t1c.file.name,
+                   sha256=t1c.sha256, shape=t1c.shape, voxel_size=t1c.voxel_size, affine=t1c.affine)
+    Volume.objects.bulk_create([flair])  # no signal in this process: the other process saved it
+    assert [b["name"] for b in selectors.case_viewer_config(reader, case, "unaided")["bases"]] == ["T1c"]
+    cache.incr(selectors._GENERATION_KEY) if cache.get(selectors._GENERATION_KEY) is not None \
+        else cache.set(selectors._GENERATION_KEY, 1, None)  # what its cached_data_changed does
+    assert [b["name"] for b in selectors.case_viewer_config(reader, case, "unaided")["bases"]] == ["T1c", "FLAIR"]
+
+
 def test_joined_lookup_answers_as_the_separate_ones(open_world):
     w = open_world
     user = w["readers"][0]
