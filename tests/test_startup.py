@@ -75,3 +75,25 @@ def test_mrmc_bad_path_is_a_clean_error(tmp_path, target, expected):
     assert proc.returncode == 1
     assert f"CommandError: {path}" in proc.stderr and expected in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_reading_viewer_imports_no_quantification_stack():
+    """The reading page's configuration builder (apps.quantification.viewer) needs numpy only at
+    import: the quantification stack (scikit-learn, SimpleITK, pyradiomics) cost a web worker's first
+    case open 1.2 s when it came with it."""
+    code = ("import json, sys, django; django.setup(); import apps.quantification.viewer, reader_study.api; "
+            f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))")
+    proc = _run(["-c", code])
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_wsgi_application_loads_every_view_at_start():
+    """gunicorn imports config.wsgi when a worker boots: the URLconf, every view and the viewer's
+    file reader are loaded then, so no request pays for importing them."""
+    code = ("import json, sys; import config.wsgi; "
+            "print(json.dumps({m: m in sys.modules for m in ('config.urls', 'reader_study.results_views', "
+            "'reader_study.api', 'apps.quantification.viewer', 'nibabel')}))")
+    proc = _run(["-c", code])
+    assert proc.returncode == 0, proc.stderr
+    assert all(json.loads(proc.stdout.strip().splitlines()[-1]).values())

@@ -12,6 +12,8 @@ from django.db import transaction
 from apps.cohorts.models import Exam, Mask, Volume
 from apps.cohorts.services.prepare import registration_refusal
 from apps.cohorts.services.store import StoreTransaction, media_path
+from apps.quantification.errors import QuantificationError, RegistrationRefused
+from apps.quantification.lesion import lesion_position_mm
 from apps.quantification.models import ExamQuantification, RadiomicsFeatures
 from ml.io.grid import Grid, common_grid, resample_to_grid
 from ml.io.nifti import load_nifti, nifti_bytes
@@ -25,14 +27,6 @@ FEATURE_SETS = ("parameters", "radiomics", "all")
 CSV_COLUMNS = ["site", "patient", "exam", *ROW_COLUMNS]
 PET_GRIDS = ("pet_static", "pet_dynamic")
 MRI_KINDS = ("t1c", "t1", "flair", "t2")
-
-
-class QuantificationError(ValueError):
-    """An exam that cannot be quantified (named, with the reason)."""
-
-
-class RegistrationRefused(QuantificationError):
-    """Quantification needs the exam's registration, which is marked failed or flagged poor."""
 
 
 def _suv_array(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
@@ -70,22 +64,6 @@ def _tac_plot(tacs: dict) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
-
-
-def lesion_position_mm(suv: np.ndarray, tumor: np.ndarray, affine: np.ndarray) -> list[float]:
-    """World position (mm, RAS) of the tumour's SUVmax voxel: where the viewer opens.
-
-    The first voxel in C order wins a tie, as ``np.argmax`` does, so the position is reproducible.
-
-    Raises:
-        QuantificationError: the tumour mask is empty or does not match the PET grid.
-    """
-    if tumor.shape != suv.shape[:3] or not tumor.any():
-        raise QuantificationError(f"tumour mask {tumor.shape} is empty or not on the PET grid {suv.shape[:3]}")
-    masked = np.where(tumor, suv, -np.inf)
-    ijk = np.unravel_index(int(np.argmax(masked)), masked.shape)
-    xyz = np.asarray(affine, dtype=np.float64) @ np.array([*ijk, 1.0])
-    return [round(float(v), 3) for v in xyz[:3]]
 
 
 def _pet_registration(exam: Exam, static: Volume) -> tuple[Transform, Transform | None]:

@@ -26,8 +26,7 @@ import numpy as np
 
 from apps.cohorts.models import Exam, Mask, Volume
 from apps.cohorts.services.store import media_path
-from apps.quantification.services import lesion_position_mm
-from ml.io.nifti import load_nifti
+from apps.quantification.lesion import lesion_position_mm
 
 #: Lower end of the default PET window as a tumour-to-background ratio: 1.6 x the background's mean
 #: SUV is the usual biological tumour volume threshold of amino-acid PET (Pauleit et al., Brain 2005;
@@ -67,6 +66,14 @@ def _bases(common: dict[str, Volume], url_for: UrlFor) -> list[dict]:
          "colormap": "gray", "opacity": 1.0, "unit": "a.u.", "description": MRI_BASES[kind][1]}
         for kind in kinds
     ]
+
+
+def load_nifti(path):
+    """ml.io.nifti.load_nifti, imported when a configuration is first built from files (nibabel):
+    not when the module is, so a web process does not load it before it needs it."""
+    from ml.io.nifti import load_nifti as load
+
+    return load(path)
 
 
 def _array(obj: Volume | Mask) -> tuple[np.ndarray, np.ndarray]:
