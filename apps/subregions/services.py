@@ -10,9 +10,9 @@ prepared exams (:func:`apps.registry.foundation.exam_stack`):
 2. habitats: a Gaussian mixture fitted on the pooled tumour voxels of the cohort (k fixed or chosen
    by BIC in 2..5), ordered by mean TTP (habitat 1 = earliest peak), then applied to each exam;
    the exam's habitat signature (fractions, SUVmean / SUVmax / TTP per habitat);
-3. the aggressiveness map: a multiple-instance marker model (WHO grade 4 vs 2-3; IDH-wildtype when
+3. the aggressiveness map: a mean-pooled logistic marker model (WHO grade 4 vs 2-3; IDH-wildtype when
    the cohort has no usable grades) fitted on the cohort's metabolically active tumour voxels
-   (TBR >= 1.6), its Integrated-Gradients attribution per voxel (in-sample: the exam's own label
+   (TBR >= 1.6), its exact attribution per voxel (in-sample: the exam's own label
    is among the training labels, stated in ``aggressiveness_source``). Without labels in two
    classes the map is a stated heuristic (local TBR high, local TTP early);
 4. three biopsy targets with the safety margin from the tumour border: the learned map's peak,
@@ -220,8 +220,12 @@ def _seg_zip(region_2mm: np.ndarray, exam: Exam, method: str, tmp: Path) -> byte
 
 
 def _marker_model(stacks: list, btv: list, random_state: int | None) -> tuple[Any, str, str]:
-    """The MIL marker model on the labelled exams, or (None, "", reason) without two classes."""
-    from ml.subregions.aggressiveness import MILMarkerModel
+    """The marker model on the labelled exams, or (None, "", reason) without two classes.
+
+    The mean-pooled logistic model, whose exact voxel attribution (what Integrated Gradients gives for
+    a linear model) hit the true aggressive subregion most often in bench_subregions (5 mm margin:
+    80.5 % vs 77.5 % for the multiple-instance model and 71.0 % for the SUVmax hotspot)."""
+    from ml.subregions.aggressiveness import MarkerAttributionModel
     from ml.subregions.signature import encode_marker
 
     for marker in MARKER_PREFERENCE:
@@ -229,9 +233,9 @@ def _marker_model(stacks: list, btv: list, random_state: int | None) -> tuple[An
         ok = np.isfinite(y)
         if ok.sum() >= 4 and min((y[ok] == 1).sum(), (y[ok] == 0).sum()) >= 2:
             idx = np.flatnonzero(ok)
-            model = MILMarkerModel(beta=4.0, random_state=random_state).fit([btv[i] for i in idx],
-                                                                           y[idx].astype(int))
-            return model, marker, (f"attribution (Integrated Gradients) of a multiple-instance model of "
+            model = MarkerAttributionModel(C=1.0, random_state=random_state).fit([btv[i] for i in idx],
+                                                                                 y[idx].astype(int))
+            return model, marker, (f"voxel attribution of a mean-pooled logistic model of "
                                    f"{MARKER_WORDING[marker]} fitted on {len(idx)} exams of the cohort "
                                    f"(TBR >= {BTV_MIN_TBR:g} voxels; in-sample)")
     return None, "", ("heuristic (no WHO grade or IDH labels in two classes): local TBR high and local TTP "

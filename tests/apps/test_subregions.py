@@ -80,7 +80,7 @@ def test_map_subregions_command_targets_files_downloads_and_rerun(mapped_cohort,
     maps = {m.exam_id: m for m in SubregionMap.objects.all()}
     assert set(maps) == {e.pk for e in exams}
     assert all(m.key == "dynamic" and m.n_habitats == 3 for m in maps.values())
-    assert "multiple-instance model of WHO grade 4" in maps[exams[0].pk].aggressiveness_source
+    assert "mean-pooled logistic model of WHO grade 4" in maps[exams[0].pk].aggressiveness_source
 
     exam = exams[0]
     sm = maps[exam.pk]
