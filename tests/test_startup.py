@@ -35,12 +35,17 @@ def _imported(importtime_stderr: str) -> set[str]:
     return names
 
 
-def test_django_setup_imports_no_ml_stack():
-    code = ("import json, sys, django; django.setup(); "
+def _heavy_after(imports: str) -> list[str]:
+    """The HEAVY packages loaded after django.setup() and ``imports`` in a fresh interpreter."""
+    code = (f"import json, sys, django; django.setup(); {imports}; "
             f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))")
     proc = _run(["-c", code])
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_django_setup_imports_no_ml_stack():
+    assert _heavy_after("pass") == []
 
 
 def test_manage_py_help_imports_no_ml_stack():
@@ -81,11 +86,7 @@ def test_the_reading_viewer_imports_no_quantification_stack():
     """The reading page's configuration builder (apps.quantification.viewer) needs numpy only at
     import: the quantification stack (scikit-learn, SimpleITK, pyradiomics) cost a web worker's first
     case open 1.2 s when it came with it."""
-    code = ("import json, sys, django; django.setup(); import apps.quantification.viewer, reader_study.api; "
-            f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))")
-    proc = _run(["-c", code])
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    assert _heavy_after("import apps.quantification.viewer, reader_study.api") == []
 
 
 def test_the_wsgi_application_loads_every_view_at_start():
