@@ -97,11 +97,13 @@ def studies_read_by(user) -> QuerySet[Study]:
     return Study.objects.filter(readers__user=user).exclude(status=StudyStatus.DRAFT).distinct()
 
 
-def study_reader_for(user, slug: str) -> StudyReader:
-    """The user's StudyReader in the study ``slug``; 404 when they are not a reader of it (or a draft)."""
-    reader = (StudyReader.objects.select_related("study", "study__model_version")
-              .prefetch_related("sessions").filter(study__slug=slug, user=user)
-              .exclude(study__status=StudyStatus.DRAFT).order_by("pk").first())
+def study_reader_for(user, slug: str, *, with_sessions: bool = True) -> StudyReader:
+    """The user's StudyReader in the study ``slug`` (with its study and model version, and its
+    sessions unless ``with_sessions`` is False); 404 when they are not a reader of it (or a draft)."""
+    qs = StudyReader.objects.select_related("study", "study__model_version")
+    if with_sessions:
+        qs = qs.prefetch_related("sessions")
+    reader = qs.filter(study__slug=slug, user=user).exclude(study__status=StudyStatus.DRAFT).order_by("pk").first()
     if reader is None:
         raise Http404("no such study")
     return reader
@@ -137,10 +139,7 @@ def reader_assignment_for(user, slug: str, case_code: str, arm: str, *,
     for callers that do not show the position."""
     if arm not in Arm.values:
         raise Http404("no such arm")
-    reader = (StudyReader.objects.select_related("study__model_version")
-              .filter(study__slug=slug, user=user).exclude(study__status=StudyStatus.DRAFT).order_by("pk").first())
-    if reader is None:
-        raise Http404("no such study")
+    reader = study_reader_for(user, slug, with_sessions=False)
     return reader, assignment_for(reader, case_code, arm, with_size=with_size)
 
 

@@ -1,6 +1,6 @@
 """The case viewer configuration is computed once per exam and kept (per process), with URLs signed
-for each reader, case and arm on every request; a changed exam is seen at once; the joined
-reader + assignment lookup answers as the two separate ones did."""
+for each reader, case and arm on every request; a changed exam is seen at once; the combined
+reader + assignment lookup (one call) answers as the two separate ones do."""
 from __future__ import annotations
 
 import pytest
