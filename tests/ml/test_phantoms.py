@@ -105,6 +105,37 @@ def test_recurrence_without_progression_has_no_aggressive_subregion():
     pytest.fail("no treatment-related exam among 12 patients")
 
 
+def test_dynamic_hotspot_is_found_by_the_dynamics_not_by_the_static_suvmax():
+    """Kunz 2011 pattern: in some rising-curve gliomas at diagnosis the aggressive focus peaks early
+    and washes out at static uptake no higher than the rest, so the static SUVmax lies outside it
+    while the early frames are hottest in it. Never at recurrence; static hotspots stay hotter."""
+    from ml.phantoms.exam import DYNAMIC_HOTSPOT_STATIC_RATIO, draw_patient
+
+    patients = [draw_patient(seed=7, patient_index=i, site=i % 4) for i in range(30)]
+    dx = [p.plans["initial_diagnosis"] for p in patients]
+    dynamic = [i for i, plan in enumerate(dx) if plan.aggressive_pattern == "dynamic"]
+    assert 1 <= len(dynamic) <= 15 and all(plan.aggressive_pattern in ("static", "dynamic") for plan in dx)
+    assert all(p.plans["suspected_recurrence"].aggressive_pattern != "dynamic" for p in patients)
+    for i, plan in enumerate(dx):
+        ratio = plan.suv["aggressive"] / plan.suv["tumour"]
+        aggr, tumour = plan.tacs["aggressive"], plan.tacs["tumour"]
+        if i in dynamic:
+            lo, hi = DYNAMIC_HOTSPOT_STATIC_RATIO
+            assert lo - 1e-9 <= ratio <= hi + 1e-9
+            assert aggr.ttp_min(60.0) < tumour.ttp_min(60.0) and aggr.lam_per_min > 0  # early peak, washout
+        else:
+            assert ratio >= 1.2 - 1e-9
+    i = dynamic[0]
+    exam = make_exam(seed=7, patient_index=i, site=i % 4, psf=False, noise=False, include_mr=False)
+    assert exam.truth.aggressive_pattern == "dynamic"
+    tumour, hot = exam.pet_masks["tumor"] > 0, exam.pet_masks["aggressive"] > 0
+    static = np.where(tumour, exam.pet_static.data, -np.inf)
+    assert not hot[np.unravel_index(np.argmax(static), static.shape)]
+    early = int(np.argmax(np.asarray(exam.frame_start_s) >= 60.0))  # a frame around 1-3 min
+    first = np.where(tumour, exam.pet_dynamic.data[..., early + 1], -np.inf)
+    assert hot[np.unravel_index(np.argmax(first), first.shape)]
+
+
 # ---------------------------------------------------------------- kinetics and labels
 
 @pytest.mark.parametrize("ttp,lam", [(2.0, 0.02), (5.4, 0.01), (15.0, 0.004)])
