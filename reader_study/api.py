@@ -20,7 +20,7 @@ from rest_framework.views import APIView
 from apps.accounts.models import Role
 from apps.accounts.permissions import MANAGE_ROLES, RolePermission
 from reader_study import selectors, services
-from reader_study.models import Arm, Study
+from reader_study.models import Arm, Design, Study
 from reader_study.serializers import AnswerSerializer, StudySerializer
 
 
@@ -140,9 +140,10 @@ class ReadingCaseAPI(_ReaderAPI):
             return _error("locked", str(exc), status.HTTP_409_CONFLICT)
         except services.StudyError as exc:
             return _error("invalid", str(exc), status.HTTP_400_BAD_REQUEST)
-        # the sessions as read with the reader, unless this submit completed one (its completion starts
-        # the next session's washout: read them again then)
-        sessions = None if reading.assignment.session.completed_at else list(reader.sessions.all())
+        # a sequential or split-plot reader has one session, the one just answered in (its completion
+        # stamped by the submit); a crossover reader's two are read again (a completion starts the next
+        # session's washout)
+        sessions = None if reader.study.design == Design.CROSSOVER else [reading.assignment.session]
         nxt = selectors.next_reading(reader, sessions=sessions)
         return Response({"case": code, "arm": arm, "submitted_at": reading.submitted_at,
                          "next": {"case": nxt[0], "arm": nxt[1]} if nxt else None}, status=status.HTTP_201_CREATED)
