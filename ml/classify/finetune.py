@@ -33,30 +33,52 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from ml.classify.inputs import stack_crops
 from ml.classify.training import DeepClassifier, check_labels
 
 if TYPE_CHECKING:
     from ml.foundation.data import ExamStack
 
-__all__ = ["MODES", "FoundationClassifier", "EncoderClassifierNet"]
+__all__ = ["MODES", "POOLINGS", "FoundationClassifier", "EncoderClassifierNet"]
 
 MODES: tuple[str, ...] = ("finetune", "probe")
+#: How the head pools the encoder's tokens (:class:`EncoderClassifierNet`).
+POOLINGS: tuple[str, ...] = ("lesion", "mean")
 _PROBE_CS = tuple(float(c) for c in np.logspace(-3, 2, 6))
 
 
 class EncoderClassifierNet(nn.Module):
-    """Encoder + dropout + linear head: ``(x (B, C, D, H, W), origin_mm (B, 3)) -> logits (B,)``."""
+    """Encoder + dropout + linear head: ``(x (B, C, D, H, W), origin_mm (B, 3)) -> logits (B,)``.
 
-    def __init__(self, encoder: nn.Module, hidden_size: int, dropout: float = 0.0) -> None:
+    ``pooling="mean"``: the head reads the mean of all the crop's tokens. ``pooling="lesion"``: the
+    last channel of ``x`` is the tumour mask (0/1), not an image: the encoder sees the other
+    channels, and the head reads the mean of the tokens weighted by the share of each patch inside
+    the mask (the mean of all tokens when the mask is empty), as ``ml.foundation.probe``'s lesion
+    embedding does. ``explained_channels``: the channels of ``x`` an attribution map sums (the
+    images, not the mask).
+    """
+
+    def __init__(self, encoder: nn.Module, hidden_size: int, dropout: float = 0.0, *, pooling: str = "mean") -> None:
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling: one of {POOLINGS}, got {pooling!r}")
         self.encoder = encoder
+        self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size, 1)
+        in_channels = int(encoder.config.in_channels)
+        self.explained_channels = in_channels if pooling == "lesion" else None
 
     def pooled(self, x: torch.Tensor, origin_mm: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled embedding (B, E)."""
-        return self.encoder(x, origin_mm).pooled
+        if self.pooling == "mean":
+            return self.encoder(x, origin_mm).pooled
+        image, mask = x[:, :-1], x[:, -1:]
+        out = self.encoder(image, origin_mm)
+        p = int(self.encoder.config.patch_size)
+        share = nn.functional.avg_pool3d(mask.clamp(0, 1), p).flatten(1)  # (B, N), token order (d, h, w)
+        total = share.sum(dim=1, keepdim=True)
+        weights = torch.where(total > 0, share / total.clamp_min(1e-12), torch.full_like(share, 1.0 / share.shape[1]))
+        return (out.tokens * weights[:, :, None]).sum(dim=1)
 
     def forward(self, x: torch.Tensor, origin_mm: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B,)."""
@@ -72,6 +94,8 @@ class FoundationClassifier(DeepClassifier):
         mode: ``"finetune"`` or ``"probe"``.
         encoder_lr_mult: encoder learning rate / head learning rate (fine-tuning).
         dropout: dropout before the head (fine-tuning).
+        pooling: ``"lesion"`` (tokens weighted by the tumour mask; the mean of all tokens for an exam
+            without a tumour mask) or ``"mean"`` (all the crop's tokens, the version-1 behaviour).
         **kwargs: the training options of :class:`~ml.classify.training.DeepClassifier`.
 
     Attributes:
@@ -80,7 +104,7 @@ class FoundationClassifier(DeepClassifier):
     """
 
     def __init__(self, *, encoder_path: str | None = None, mode: str = "finetune", encoder_lr_mult: float = 0.1,
-                 dropout: float = 0.1, crop: int = 48, epochs: int = 30, batch_size: int = 8, lr: float = 1e-3,
+                 dropout: float = 0.1, pooling: str = "lesion", crop: int = 48, epochs: int = 30, batch_size: int = 8, lr: float = 1e-3,
                  weight_decay: float = 1e-4, augment: bool = True, patience: int = 8, min_steps: int = 0,
                  device: str = "cpu",
                  random_state: int = 0, verbose: bool = False) -> None:
@@ -92,6 +116,25 @@ class FoundationClassifier(DeepClassifier):
         self.mode = mode
         self.encoder_lr_mult = encoder_lr_mult
         self.dropout = dropout
+        self.pooling = pooling
+
+    # --- inputs -------------------------------------------------------------------------------
+    def _input_image(self, stack: ExamStack) -> np.ndarray:
+        """The stack's channels, and with lesion pooling its tumour mask as one more channel (zeros
+        without a mask: then the head pools every token)."""
+        image = np.asarray(stack.image, dtype=np.float32)
+        if self.pooling != "lesion":
+            return image
+        tumour = (stack.masks or {}).get("tumor")
+        mask = (np.asarray(tumour) > 0).astype(np.float32) if tumour is not None else np.zeros(image.shape[1:], np.float32)
+        if mask.shape != image.shape[1:]:
+            raise ValueError(f"stack {getattr(stack, 'key', '?')!r}: tumour mask {mask.shape} does not match the "
+                             f"image grid {image.shape[1:]}")
+        return np.concatenate([image, mask[None]])
+
+    @property
+    def _intensity_channels(self) -> int | None:  # the mask channel is shifted and mirrored, never scaled
+        return -1 if self.pooling == "lesion" else None
 
     # --- network ------------------------------------------------------------------------------
     def _load_encoder(self, in_channels: int, voxel_mm: float | None) -> nn.Module:
@@ -118,10 +161,14 @@ class FoundationClassifier(DeepClassifier):
         return encoder
 
     def _build_network(self, in_channels: int) -> nn.Module:
-        encoder = self._load_encoder(in_channels, getattr(self, "_voxel_mm", None))
+        """``in_channels``: the channels of the crops (the mask channel included with lesion pooling)."""
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling: one of {POOLINGS}, got {self.pooling!r}")
+        image_channels = in_channels - 1 if self.pooling == "lesion" else in_channels
+        encoder = self._load_encoder(image_channels, getattr(self, "_voxel_mm", None))
         self.encoder_config_ = encoder.config.to_dict()
         net = EncoderClassifierNet(encoder, encoder.config.hidden_size,
-                                   dropout=self.dropout if self.mode == "finetune" else 0.0)
+                                   dropout=self.dropout if self.mode == "finetune" else 0.0, pooling=self.pooling)
         if self.mode == "probe":
             for p in net.encoder.parameters():
                 p.requires_grad_(False)
@@ -137,6 +184,12 @@ class FoundationClassifier(DeepClassifier):
     def _extra_state(self) -> dict[str, Any]:
         return {"encoder_config": self.encoder_config_,
                 "probe_C": getattr(self, "probe_C_", None)}
+
+    @classmethod
+    def from_state(cls, payload: dict[str, Any], *, device: str = "cpu") -> FoundationClassifier:
+        """:meth:`DeepClassifier.from_state`; a version saved before ``pooling`` existed pooled the mean."""
+        payload = dict(payload) | {"params": {"pooling": "mean", **dict(payload.get("params") or {})}}
+        return super().from_state(payload, device=device)
 
     def _restore_extra(self, extra: dict[str, Any]) -> None:
         self._restored_encoder_config = extra.get("encoder_config")
@@ -166,7 +219,7 @@ class FoundationClassifier(DeepClassifier):
         """Pooled embeddings (N, E) of the un-augmented crops."""
         net = network if network is not None else self.network_
         net.eval()
-        crops, origins = stack_crops(X, self.crop)
+        crops, origins = self._crops(X)
         out = []
         with torch.no_grad():
             for i in range(0, len(crops), self.batch_size):
@@ -182,7 +235,7 @@ class FoundationClassifier(DeepClassifier):
         if yy.min() == yy.max():
             raise ValueError("y: training labels hold one class only")
         t0 = time.perf_counter()
-        in_channels = int(np.asarray(X[0].image).shape[0])
+        in_channels = int(self._input_image(X[0]).shape[0])
         network = self._build_network(in_channels).to(self.device)
         emb = self.embed(X, network)
         n_min = int(min(yy.sum(), (1 - yy).sum()))

@@ -20,7 +20,7 @@ rule) their table from the same stacks: the clinical parameters of ``manage.py q
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -134,29 +134,38 @@ class Augmenter:
             raise ValueError("Augmenter: shift_vox, intensity_scale, intensity_shift, noise_std must be >= 0")
 
     def crop(self, image: np.ndarray, affine: np.ndarray, centre_vox: np.ndarray, size: int,
-             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """An augmented crop ``(C, size, size, size)`` and its origin (3,) MNI mm."""
+             rng: np.random.Generator, *, intensity_channels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """An augmented crop ``(C, size, size, size)`` and its origin (3,) MNI mm.
+
+        ``intensity_channels``: the intensity changes and noise touch only the first this many
+        channels (the others, e.g. a mask riding along, are only shifted and mirrored); negative:
+        all but the last that many, as a slice end; None: all.
+        """
         shift = rng.integers(-self.shift_vox, self.shift_vox + 1, size=3) if self.shift_vox else 0
         flip = bool(rng.random() < self.flip_prob)
         crop, origin = crop_stack(image, affine, np.asarray(centre_vox) + shift, size, flip_x=flip)
-        c = crop.shape[0]
+        c = len(range(crop.shape[0])[:intensity_channels])
         scale = 1.0 + self.intensity_scale * rng.standard_normal(c).astype(np.float32)
         offset = self.intensity_shift * rng.standard_normal(c).astype(np.float32)
-        crop = crop * scale[:, None, None, None] + offset[:, None, None, None]
+        crop[:c] = crop[:c] * scale[:, None, None, None] + offset[:, None, None, None]
         if self.noise_std:
-            crop = crop + self.noise_std * rng.standard_normal(crop.shape).astype(np.float32)
+            crop[:c] = crop[:c] + self.noise_std * rng.standard_normal(crop[:c].shape).astype(np.float32)
         return crop.astype(np.float32), origin
 
 
-def stack_crops(stacks: Sequence[ExamStack], size: int) -> tuple[np.ndarray, np.ndarray]:
+def stack_crops(stacks: Sequence[ExamStack], size: int, *,
+                image_of: Callable[[ExamStack], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Un-augmented lesion-centred crops of several stacks.
+
+    ``image_of(stack)``: the (C', X, Y, Z) array to crop (default the stack's image).
 
     Returns:
         ``(crops (N, C, size, size, size) float32, origins (N, 3) MNI mm)``.
     """
     crops, origins = [], []
     for s in stacks:
-        crop, origin = crop_stack(np.asarray(s.image), s.affine, crop_centre(s), size)
+        image = np.asarray(s.image) if image_of is None else image_of(s)
+        crop, origin = crop_stack(image, s.affine, crop_centre(s), size)
         crops.append(crop)
         origins.append(origin)
     return np.stack(crops), np.stack(origins)

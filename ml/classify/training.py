@@ -100,6 +100,18 @@ class DeepClassifier(ClassifierMixin, BaseEstimator):
         if self.lr <= 0:
             raise ValueError(f"lr: must be > 0, got {self.lr}")
 
+    def _input_image(self, stack: ExamStack) -> np.ndarray:
+        """The (C, X, Y, Z) float32 array the crops come from (the stack's channels; a subclass may add
+        channels the network reads otherwise, see :attr:`_intensity_channels`)."""
+        return np.asarray(stack.image, dtype=np.float32)
+
+    #: Channels of :meth:`_input_image` the intensity augmentations touch (None: all).
+    _intensity_channels: int | None = None
+
+    def _crops(self, X: Sequence[ExamStack]) -> tuple[np.ndarray, np.ndarray]:
+        """Un-augmented lesion-centred crops and origins of ``X``."""
+        return stack_crops(X, self.crop, image_of=self._input_image)
+
     def _forward(self, network: nn.Module, crops: np.ndarray, origins: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device)
         o = torch.from_numpy(np.asarray(origins, dtype=np.float32)).to(self.device)
@@ -130,7 +142,7 @@ class DeepClassifier(ClassifierMixin, BaseEstimator):
         t0 = time.perf_counter()
         torch.manual_seed(self.random_state)
         rng = np.random.default_rng(self.random_state)
-        images = [np.asarray(s.image, dtype=np.float32) for s in X]
+        images = [self._input_image(s) for s in X]
         affines = [np.asarray(s.affine) for s in X]
         centres = [crop_centre(s) for s in X]
         in_channels = images[0].shape[0]
@@ -146,7 +158,7 @@ class DeepClassifier(ClassifierMixin, BaseEstimator):
         augmenter = Augmenter() if self.augment else Augmenter(flip_prob=0, shift_vox=0, intensity_scale=0,
                                                                intensity_shift=0, noise_std=0)
         if has_val:
-            val_crops, val_origins = stack_crops(X_val, self.crop)
+            val_crops, val_origins = self._crops(X_val)
             val_loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
         history: list[dict[str, float]] = []
         best_state, best_loss, best_epoch, since_best = None, np.inf, 0, 0
@@ -157,7 +169,8 @@ class DeepClassifier(ClassifierMixin, BaseEstimator):
             losses = []
             for i in range(0, len(order), self.batch_size):
                 idx = order[i:i + self.batch_size]
-                pairs = [augmenter.crop(images[j], affines[j], centres[j], self.crop, rng) for j in idx]
+                pairs = [augmenter.crop(images[j], affines[j], centres[j], self.crop, rng,
+                                        intensity_channels=self._intensity_channels) for j in idx]
                 crops = np.stack([p[0] for p in pairs])
                 origins = np.stack([p[1] for p in pairs])
                 target = torch.tensor(yy[idx], dtype=torch.float32, device=self.device)
@@ -203,7 +216,7 @@ class DeepClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "network_")
         if len(X) == 0:
             return np.zeros(0)
-        crops, origins = stack_crops(X, self.crop)
+        crops, origins = self._crops(X)
         return self._eval_logits(self.network_, crops, origins).astype(np.float64)
 
     def predict_proba(self, X: Sequence[ExamStack]) -> np.ndarray:
@@ -223,7 +236,7 @@ class DeepClassifier(ClassifierMixin, BaseEstimator):
             index of the crop's voxel (0, 0, 0) (to put a crop-sized map back on the grid).
         """
         centre = crop_centre(stack)
-        crop, origin = crop_stack(np.asarray(stack.image, np.float32), stack.affine, centre, self.crop)
+        crop, origin = crop_stack(self._input_image(stack), stack.affine, centre, self.crop)
         start = np.round(centre - (self.crop - 1) / 2).astype(int)
         return (torch.from_numpy(crop[None]).to(self.device),
                 torch.from_numpy(origin[None].astype(np.float32)).to(self.device), start)

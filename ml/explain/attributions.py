@@ -174,6 +174,13 @@ def normalise_map(attribution: np.ndarray, *, percentile: float = 99.5, sign: st
     return np.clip(a / scale, 0.0, 1.0).astype(np.float32)
 
 
+def _explained(f: nn.Module) -> slice:
+    """The input channels a summed map covers: ``model.explained_channels`` first ones when the model
+    declares them (a channel that is not an image, e.g. a pooling mask, is left out), else all."""
+    n = getattr(getattr(f, "model", f), "explained_channels", None)
+    return slice(None) if n is None else slice(0, int(n))
+
+
 def _integrated_gradients(f: nn.Module, x: torch.Tensor, *, baseline: float | torch.Tensor = 0.0,
                           n_steps: int = 16, internal_batch_size: int = 4,
                           additional_forward_args: object = None) -> torch.Tensor:
@@ -182,7 +189,7 @@ def _integrated_gradients(f: nn.Module, x: torch.Tensor, *, baseline: float | to
     attr = IntegratedGradients(f).attribute(
         x, baselines=baseline, n_steps=n_steps, internal_batch_size=internal_batch_size,
         additional_forward_args=additional_forward_args, method="gausslegendre")
-    return attr[0].sum(0)
+    return attr[0][_explained(f)].sum(0)
 
 
 def _triple(value: int | Sequence[int], name: str) -> tuple[int, int, int]:
@@ -383,7 +390,7 @@ def _lrp(f: _TargetLogit, x: torch.Tensor, *, epsilon: float = 1e-6,
         for m in f.model.modules():
             if hasattr(m, "rule"):
                 del m.rule
-    return attr[0].sum(0)
+    return attr[0][_explained(f)].sum(0)
 
 
 _IMPLEMENTATIONS: dict[str, Callable[..., torch.Tensor]] = {

@@ -141,3 +141,91 @@ def test_min_steps_adds_epochs_for_small_training_sets(phantom_stacks, phantom_c
     X, y = _xy(phantom_stacks, phantom_cohort)
     clf = CnnClassifier(arch="densenet", crop=16, epochs=1, min_steps=7, batch_size=4, random_state=0).fit(X, y)
     assert len(clf.history_) == 3  # 12 cases / batch 4 = 3 steps per epoch -> 3 epochs for >= 7 steps
+
+
+def test_lesion_pooling_weights_the_tokens_by_their_share_of_the_tumour_mask(phantom_stacks, encoder_checkpoint):
+    from ml.classify.finetune import EncoderClassifierNet
+    from ml.foundation.model import load_encoder
+
+    path, _ = encoder_checkpoint
+    stack = next(iter(phantom_stacks.values()))
+    clf = FoundationClassifier(encoder_path=str(path), crop=16)
+    image = clf._input_image(stack)
+    assert image.shape[0] == stack.image.shape[0] + 1
+    assert np.array_equal(image[-1], (stack.masks["tumor"] > 0).astype(np.float32))
+    crops, origins = clf._crops([stack])
+    x, o = torch.from_numpy(crops), torch.from_numpy(origins.astype(np.float32))
+    mask = crops[0, -1]
+    assert 0 < mask.sum() < mask.size  # the crop holds tumour and background
+    encoder, _ = load_encoder(path)
+    net = EncoderClassifierNet(encoder, 32, pooling="lesion").eval()
+    with torch.no_grad():
+        got = net.pooled(x, o)[0].numpy()
+        tokens = encoder(x[:, :-1], o).tokens[0].numpy()  # (8, 32): 2 x 2 x 2 patches of 8 voxels
+        share = mask.reshape(2, 8, 2, 8, 2, 8).mean(axis=(1, 3, 5)).reshape(-1)  # token order d, h, w
+        want = (tokens * share[:, None]).sum(0) / share.sum()
+        assert np.allclose(got, want, atol=1e-5)
+        assert not np.allclose(got, tokens.mean(0), atol=1e-3)  # not the crop mean
+        empty = x.clone()
+        empty[:, -1] = 0  # no tumour mask: the mean of every token
+        assert np.allclose(net.pooled(empty, o)[0].numpy(), tokens.mean(0), atol=1e-5)
+    mean_net = EncoderClassifierNet(encoder, 32, pooling="mean")
+    assert mean_net.explained_channels is None and net.explained_channels == 5
+    with pytest.raises(ValueError, match="pooling"):
+        EncoderClassifierNet(encoder, 32, pooling="max")
+
+
+def test_augmenter_only_moves_a_mask_riding_along_and_scales_the_images(phantom_stacks):
+    stack = next(iter(phantom_stacks.values()))
+    image = np.concatenate([np.asarray(stack.image, np.float32), (stack.masks["tumor"] > 0)[None].astype(np.float32)])
+    centre = crop_centre(stack)
+    geometric = Augmenter(intensity_scale=0, intensity_shift=0, noise_std=0)
+    full = Augmenter(intensity_scale=0.2, intensity_shift=0.2, noise_std=0.1)
+    for seed in range(4):
+        moved, o1 = geometric.crop(image, stack.affine, centre, 16, np.random.default_rng(seed), intensity_channels=-1)
+        aug, o2 = full.crop(image, stack.affine, centre, 16, np.random.default_rng(seed), intensity_channels=-1)
+        assert np.array_equal(o1, o2)
+        assert np.array_equal(aug[-1], moved[-1]) and set(np.unique(aug[-1])) <= {0.0, 1.0}
+        assert not np.allclose(aug[:-1], moved[:-1])
+    # without intensity_channels every channel is augmented (the CNN's behaviour, unchanged)
+    every, _ = full.crop(image, stack.affine, centre, 16, np.random.default_rng(0))
+    assert not set(np.unique(every[-1])) <= {0.0, 1.0}
+
+
+def test_a_foundation_state_saved_before_pooling_existed_restores_mean_pooling(
+        phantom_stacks, phantom_cohort, encoder_checkpoint):
+    path, _ = encoder_checkpoint
+    X, y = _xy(phantom_stacks, phantom_cohort)
+    old = FoundationClassifier(encoder_path=str(path), mode="probe", pooling="mean", crop=16, random_state=0).fit(X, y)
+    payload = torch.load(io.BytesIO(old.state_bytes()), weights_only=False)
+    del payload["params"]["pooling"]  # as version 1 wrote it
+    again = FoundationClassifier.from_state(payload)
+    assert again.pooling == "mean" and again.network_.pooling == "mean"
+    assert np.allclose(again.decision_function(X), old.decision_function(X), atol=1e-5)
+    lesion = FoundationClassifier(encoder_path=str(path), mode="probe", crop=16, random_state=0).fit(X, y)
+    assert lesion.pooling == "lesion" and lesion.in_channels_ == old.in_channels_ + 1
+    assert not np.allclose(lesion.embed(X), old.embed(X), atol=1e-3)
+    restored = FoundationClassifier.from_state(torch.load(io.BytesIO(lesion.state_bytes()), weights_only=False))
+    assert np.allclose(restored.decision_function(X), lesion.decision_function(X), atol=1e-5)
+
+
+def test_integrated_gradients_of_lesion_pooling_sum_the_image_channels_only(phantom_stacks, encoder_checkpoint):
+    from captum.attr import IntegratedGradients
+
+    from ml.classify.finetune import EncoderClassifierNet
+    from ml.explain.attributions import attribution_map
+    from ml.foundation.model import load_encoder
+
+    path, _ = encoder_checkpoint
+    stack = next(iter(phantom_stacks.values()))
+    crops, origins = FoundationClassifier(encoder_path=str(path), crop=16)._crops([stack])
+    x, o = torch.from_numpy(crops), torch.from_numpy(origins.astype(np.float32))
+    torch.manual_seed(0)
+    encoder, _ = load_encoder(path)
+    net = EncoderClassifierNet(encoder, 32, pooling="lesion").eval()
+    got = attribution_map(net, x, method="integrated_gradients", normalise=False, additional_forward_args=o,
+                          n_steps=8)
+    attr = IntegratedGradients(lambda a, b: net(a, b)).attribute(
+        x, baselines=0.0, n_steps=8, internal_batch_size=4, additional_forward_args=o, method="gausslegendre")[0]
+    assert np.allclose(got, attr[:5].sum(0).detach().numpy(), atol=1e-5)
+    assert not np.allclose(got, attr.sum(0).detach().numpy(), atol=1e-6)
