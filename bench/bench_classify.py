@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="deep families: at least this many optimiser steps (small fractions get more epochs)")
     parser.add_argument("--arch", default="densenet", help="CNN architecture (resnet, densenet, densenet121)")
     parser.add_argument("--encoder", default=None, help="WP1 encoder checkpoint; default: random init")
+    parser.add_argument("--pooling", default="lesion", choices=["lesion", "mean"],
+                        help="foundation/probe head: tokens weighted by the tumour mask (default) or all the crop's")
     parser.add_argument("--no-radiomics", action="store_true", help="radiomics family: clinical parameters only")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--loso", default="", help="families to run leave-one-site-out as well (comma list)")
@@ -174,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         if fam == "cnn":
             factories[fam] = lambda s: make_estimator("cnn", seed=s, arch=args.arch, **common)
         elif fam in ("foundation", "probe"):
-            factories[fam] = (lambda f: lambda s: make_estimator(f, seed=s, encoder_path=args.encoder, **common))(fam)
+            factories[fam] = (lambda f: lambda s: make_estimator(f, seed=s, encoder_path=args.encoder,
+                                                                pooling=args.pooling, **common))(fam)
         elif fam == "radiomics":
             factories[fam] = lambda s: make_estimator("radiomics", seed=s, radiomics=not args.no_radiomics)
         else:

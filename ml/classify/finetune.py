@@ -5,8 +5,10 @@ The encoder is :class:`ml.foundation.model.FoundationEncoder` read from a WP1 ch
 encoder of the default configuration (the "no pretraining" control, and the stand-in until a
 pretrained checkpoint exists). Input: the lesion-centred crop of every deep family
 (:mod:`ml.classify.inputs`) with the MNI mm of its first voxel, so the encoder's position embedding
-sees where in the brain the crop lies. The head is one linear layer on the pooled embedding (mean of
-the output tokens).
+sees where in the brain the crop lies. The head is one linear layer on the pooled embedding: by
+default the tokens weighted by their patch's share of the tumour mask (``pooling="lesion"``, the
+representation on which a WP1 probe generalised to an unseen site, docs/results.md), or the mean of
+all the crop's tokens (``pooling="mean"``, version 1).
 
 Modes:
 

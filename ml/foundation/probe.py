@@ -80,20 +80,39 @@ class ProbeResult:
 
 @dataclass(frozen=True)
 class ProbeReport:
-    """Pretrained vs random-init probes, by task (``difference`` = pretrained AUC - random AUC)."""
+    """Pretrained vs random-init probes, by task.
+
+    ``pretrained`` and ``random``: the first run's results. With repeats (:func:`probe_reports`'s
+    ``repeats``), ``pretrained_runs`` holds the pretrained encoder's probe with each run's fold split
+    and ``random_runs`` the probe of a differently initialised random encoder per run (a single random
+    draw varies by several AUC points, as much as pretraining may add). ``difference``: the mean
+    pretrained AUC minus the mean random AUC over the runs.
+    """
 
     pretrained: dict[str, ProbeResult]
     random: dict[str, ProbeResult]
+    pretrained_runs: tuple[dict[str, ProbeResult], ...] = ()
+    random_runs: tuple[dict[str, ProbeResult], ...] = ()
+
+    def aucs(self, side: str, task: str) -> list[float]:
+        """The AUCs of ``task`` over the runs of ``side`` (``"pretrained"`` or ``"random"``)."""
+        runs = getattr(self, f"{side}_runs") or (getattr(self, side),)
+        return [run[task].auc for run in runs]
 
     @property
     def difference(self) -> dict[str, float]:
-        return {t: self.pretrained[t].auc - self.random[t].auc for t in self.pretrained if t in self.random}
+        return {t: float(np.mean(self.aucs("pretrained", t)) - np.mean(self.aucs("random", t)))
+                for t in self.pretrained if t in self.random}
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
-        return {"pretrained": {k: asdict(v) for k, v in self.pretrained.items()},
-                "random": {k: asdict(v) for k, v in self.random.items()}, "difference": self.difference}
+        out = {"pretrained": {k: asdict(v) for k, v in self.pretrained.items()},
+               "random": {k: asdict(v) for k, v in self.random.items()}, "difference": self.difference}
+        if len(self.random_runs) > 1:
+            out["runs"] = {t: {"pretrained_auc": self.aucs("pretrained", t), "random_auc": self.aucs("random", t)}
+                           for t in self.pretrained if t in self.random}
+        return out
 
 
 @dataclass(frozen=True)
@@ -244,7 +263,7 @@ def _probe_all(table: pd.DataFrame, tasks: Sequence[str], random_state: int, n_b
 
 def probe_report(encoder: FoundationEncoder | str | Path, source: pd.DataFrame | Sequence[ExamStack], *,
                  tasks: Sequence[str] = tuple(PROBE_TASKS), random_state: int = 0,
-                 n_boot: int = 1000, pooling: str = "global") -> ProbeReport:
+                 n_boot: int = 1000, pooling: str = "global", repeats: int = 1) -> ProbeReport:
     """Linear probes of a pretrained encoder beside a random encoder (same config, seed ``random_state``).
 
     Args:
@@ -253,22 +272,37 @@ def probe_report(encoder: FoundationEncoder | str | Path, source: pd.DataFrame |
             the probe's own cross-validation keeps patients apart.
         tasks: probe names (:data:`PROBE_TASKS`).
         pooling: the embedding probed (:data:`POOLINGS`).
+        repeats: fold splits and random encoders compared (see :func:`probe_reports`).
     """
     return probe_reports(encoder, source, tasks=tasks, random_state=random_state, n_boot=n_boot,
-                         poolings=(pooling,))[pooling]
+                         poolings=(pooling,), repeats=repeats)[pooling]
 
 
 def probe_reports(encoder: FoundationEncoder | str | Path, source: pd.DataFrame | Sequence[ExamStack], *,
                   tasks: Sequence[str] = tuple(PROBE_TASKS), random_state: int = 0, n_boot: int = 1000,
-                  poolings: Sequence[str] = POOLINGS) -> dict[str, ProbeReport]:
-    """:func:`probe_report` for several poolings, each exam encoded once per encoder; by pooling."""
+                  poolings: Sequence[str] = POOLINGS, repeats: int = 1) -> dict[str, ProbeReport]:
+    """:func:`probe_report` for several poolings, each exam encoded once per encoder; by pooling.
+
+    ``repeats``: runs ``i = 0..repeats-1``, each with its fold split (seed ``random_state + i``) for
+    the pretrained encoder and a random encoder initialised with seed ``random_state + i`` probed
+    with the same split; the report's ``difference`` compares the means (:class:`ProbeReport`).
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats: must be >= 1, got {repeats}")
     if not isinstance(encoder, FoundationEncoder):
         encoder, _ = load_encoder(encoder)
     stacks = list(_stacks(source))
     trained = embed_stacks_pooled(encoder, stacks, poolings=poolings)
-    baseline = embed_stacks_pooled(random_encoder(encoder.config, random_state), stacks, poolings=poolings)
-    return {p: ProbeReport(pretrained=_probe_all(trained[p], tasks, random_state, n_boot),
-                           random=_probe_all(baseline[p], tasks, random_state, n_boot)) for p in poolings}
+    seeds = [random_state + i for i in range(repeats)]
+    pretrained_runs = {p: tuple(_probe_all(trained[p], tasks, s, n_boot) for s in seeds) for p in poolings}
+    random_runs: dict[str, list] = {p: [] for p in poolings}
+    for s in seeds:
+        baseline = embed_stacks_pooled(random_encoder(encoder.config, s), stacks, poolings=poolings)
+        for p in poolings:
+            random_runs[p].append(_probe_all(baseline[p], tasks, s, n_boot))
+    return {p: ProbeReport(pretrained=pretrained_runs[p][0], random=random_runs[p][0],
+                           pretrained_runs=pretrained_runs[p] if repeats > 1 else (),
+                           random_runs=tuple(random_runs[p]) if repeats > 1 else ()) for p in poolings}
 
 
 def nearest_neighbours(table: pd.DataFrame, query: str, *, k: int = 5,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -79,6 +80,12 @@ def test_pretrain_inline_registers_the_encoder(generated_bids, tmp_path, capsys)
         # 3 patients: the probe runs on all of them, or says why not
         assert "error" in row or (0 <= row["encoder"]["estimate"] <= 1 and 0 <= row["random"]["estimate"] <= 1
                                   and row["scope"].startswith("all patients"))
+        if "error" not in row:  # the baseline: the mean over three differently initialised random encoders
+            random = row["random"]
+            assert random["runs"] == 3 and len(random["aucs"]) == 3
+            assert random["estimate"] == pytest.approx(np.mean(random["aucs"]))
+            assert random["min"] == min(random["aucs"]) and random["max"] == max(random["aucs"])
+            assert row["difference"] == pytest.approx(row["encoder"]["estimate"] - random["estimate"])
     lines = job.log.splitlines()
     assert any("probe progression (global embedding)" in line for line in lines)
     assert any("probe progression (lesion embedding)" in line for line in lines)

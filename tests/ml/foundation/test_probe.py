@@ -85,6 +85,27 @@ def test_probe_report_pretrained_vs_random_on_a_tiny_cohort(foundation_index, ti
     assert set(report.to_dict()) == {"pretrained", "random", "difference"}
 
 
+def test_repeated_probes_compare_the_means_over_several_random_encoders(foundation_index, tiny_config, tmp_path):
+    run = pretrain(dataclasses.replace(tiny_config, epochs=1), foundation_index, out_dir=tmp_path / "run")
+    report = probe_report(run.checkpoint, foundation_index, tasks=("progression",), n_boot=20, repeats=3)
+    assert len(report.pretrained_runs) == len(report.random_runs) == 3
+    assert report.pretrained is report.pretrained_runs[0] and report.random is report.random_runs[0]
+    pre, ran = report.aucs("pretrained", "progression"), report.aucs("random", "progression")
+    assert report.difference["progression"] == pytest.approx(np.mean(pre) - np.mean(ran))
+    assert report.to_dict()["runs"]["progression"] == {"pretrained_auc": pre, "random_auc": ran}
+    # each run's random encoder is another draw: their embeddings differ
+    stacks = foundation_index
+    config = tiny_encoder_config(img_size=(32, 32, 32))
+    a = embed_stacks(random_encoder(config, 0), stacks)
+    b = embed_stacks(random_encoder(config, 1), stacks)
+    assert not np.allclose(a[["e0", "e1"]].to_numpy(), b[["e0", "e1"]].to_numpy())
+    single = probe_report(run.checkpoint, foundation_index, tasks=("progression",), n_boot=20)
+    assert single.random_runs == () and single.aucs("random", "progression") == [single.random["progression"].auc]
+    assert single.random["progression"].auc == ran[0]  # run 0 is the single probe
+    with pytest.raises(ValueError, match="repeats"):
+        probe_report(run.checkpoint, foundation_index, tasks=("progression",), repeats=0)
+
+
 def test_figures(foundation_index, foundation_stacks, tiny_config, tmp_path):
     run = pretrain(dataclasses.replace(tiny_config, epochs=1), foundation_index, out_dir=tmp_path / "run")
     for task in ("inpainting", "crossmodal"):

@@ -75,7 +75,11 @@ class Command(BaseCommand):
             if "error" in p:
                 self.stdout.write(f"  probe {task}: {p['error']}")
             else:
-                self.stdout.write(f"  probe {task}: AUC {_auc(p['encoder'])} vs random encoder {_auc(p['random'])} "
+                random = p["random"]
+                baseline = (f"random encoders {random['estimate']:.3f} (mean of {random['runs']}, "
+                            f"{random['min']:.3f}-{random['max']:.3f})" if random.get("runs")
+                            else f"random encoder {_auc(random)}")
+                self.stdout.write(f"  probe {task}: AUC {_auc(p['encoder'])} vs {baseline} "
                                   f"({p['n_exams']} exams, {p['scope']})")
 
 
