@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder", default=None, help="WP1 encoder checkpoint; default: random init")
     parser.add_argument("--pooling", default="lesion", choices=["lesion", "mean"],
                         help="foundation/probe head: tokens weighted by the tumour mask (default) or all the crop's")
+    parser.add_argument("--head-init", default="random", choices=["random", "probe"],
+                        help="fine-tuning starts from a random head or the linear probe's (LP-FT)")
     parser.add_argument("--no-radiomics", action="store_true", help="radiomics family: clinical parameters only")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--loso", default="", help="families to run leave-one-site-out as well (comma list)")
@@ -176,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         if fam == "cnn":
             factories[fam] = lambda s: make_estimator("cnn", seed=s, arch=args.arch, **common)
         elif fam in ("foundation", "probe"):
-            factories[fam] = (lambda f: lambda s: make_estimator(f, seed=s, encoder_path=args.encoder,
-                                                                pooling=args.pooling, **common))(fam)
+            extra = {"pooling": args.pooling} | ({"head_init": args.head_init} if fam == "foundation" else {})
+            factories[fam] = (lambda f, kw: lambda s: make_estimator(f, seed=s, encoder_path=args.encoder,
+                                                                    **kw, **common))(fam, extra)
         elif fam == "radiomics":
             factories[fam] = lambda s: make_estimator("radiomics", seed=s, radiomics=not args.no_radiomics)
         else:

@@ -40,9 +40,12 @@ from ml.classify.training import DeepClassifier, check_labels
 if TYPE_CHECKING:
     from ml.foundation.data import ExamStack
 
-__all__ = ["MODES", "POOLINGS", "FoundationClassifier", "EncoderClassifierNet"]
+__all__ = ["HEAD_INITS", "MODES", "POOLINGS", "FoundationClassifier", "EncoderClassifierNet"]
 
 MODES: tuple[str, ...] = ("finetune", "probe")
+#: How fine-tuning starts its head: ``"random"`` (a fresh linear layer) or ``"probe"`` (the linear probe's
+#: solution on the frozen encoder, then everything fine-tuned: LP-FT, Kumar et al., ICLR 2022).
+HEAD_INITS: tuple[str, ...] = ("random", "probe")
 #: How the head pools the encoder's tokens (:class:`EncoderClassifierNet`).
 POOLINGS: tuple[str, ...] = ("lesion", "mean")
 _PROBE_CS = tuple(float(c) for c in np.logspace(-3, 2, 6))
@@ -96,6 +99,8 @@ class FoundationClassifier(DeepClassifier):
         mode: ``"finetune"`` or ``"probe"``.
         encoder_lr_mult: encoder learning rate / head learning rate (fine-tuning).
         dropout: dropout before the head (fine-tuning).
+        head_init: fine-tuning's start (:data:`HEAD_INITS`): a random head, or the linear probe's (LP-FT: a
+            fine-tuned encoder drifts less from its pretrained features when the head is already right).
         pooling: ``"lesion"`` (tokens weighted by the tumour mask; the mean of all tokens for an exam
             without a tumour mask) or ``"mean"`` (all the crop's tokens, the version-1 behaviour).
         **kwargs: the training options of :class:`~ml.classify.training.DeepClassifier`.
@@ -106,7 +111,8 @@ class FoundationClassifier(DeepClassifier):
     """
 
     def __init__(self, *, encoder_path: str | None = None, mode: str = "finetune", encoder_lr_mult: float = 0.1,
-                 dropout: float = 0.1, pooling: str = "lesion", crop: int = 48, epochs: int = 30, batch_size: int = 8, lr: float = 1e-3,
+                 dropout: float = 0.1, pooling: str = "lesion", head_init: str = "random", crop: int = 48,
+                 epochs: int = 30, batch_size: int = 8, lr: float = 1e-3,
                  weight_decay: float = 1e-4, augment: bool = True, patience: int = 8, min_steps: int = 0,
                  device: str = "cpu",
                  random_state: int = 0, verbose: bool = False) -> None:
@@ -119,6 +125,7 @@ class FoundationClassifier(DeepClassifier):
         self.encoder_lr_mult = encoder_lr_mult
         self.dropout = dropout
         self.pooling = pooling
+        self.head_init = head_init
 
     # --- inputs -------------------------------------------------------------------------------
     def _input_image(self, stack: ExamStack) -> np.ndarray:
@@ -164,6 +171,12 @@ class FoundationClassifier(DeepClassifier):
 
     def _build_network(self, in_channels: int) -> nn.Module:
         """``in_channels``: the channels of the crops (the mask channel included with lesion pooling)."""
+        warm = getattr(self, "_warm_network", None)
+        if warm is not None:  # LP-FT: the linear probe's network, its encoder unfrozen for fine-tuning
+            for p in warm.encoder.parameters():
+                p.requires_grad_(True)
+            warm.dropout.p = self.dropout
+            return warm
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling: one of {POOLINGS}, got {self.pooling!r}")
         image_channels = in_channels - 1 if self.pooling == "lesion" else in_channels
@@ -213,9 +226,17 @@ class FoundationClassifier(DeepClassifier):
         if len(X) == 0:
             raise ValueError("X: no training stack")
         self._voxel_mm = float(X[0].voxel_mm) if hasattr(X[0], "voxel_mm") else float(abs(X[0].affine[0, 0]))
-        if self.mode == "finetune":
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init: one of {HEAD_INITS}, got {self.head_init!r}")
+        if self.mode == "probe":
+            return self._fit_probe(X, y)
+        if self.head_init == "probe":  # LP-FT: the probe's head first, then everything fine-tuned from it
+            self._fit_probe(X, y)
+            self._warm_network = self.network_
+        try:
             return super().fit(X, y, X_val=X_val, y_val=y_val)
-        return self._fit_probe(X, y)
+        finally:
+            self._warm_network = None
 
     def embed(self, X: Sequence[ExamStack], network: nn.Module | None = None) -> np.ndarray:
         """Pooled embeddings (N, E) of the un-augmented crops."""

@@ -229,3 +229,21 @@ def test_integrated_gradients_of_lesion_pooling_sum_the_image_channels_only(phan
         x, baselines=0.0, n_steps=8, internal_batch_size=4, additional_forward_args=o, method="gausslegendre")[0]
     assert np.allclose(got, attr[:5].sum(0).detach().numpy(), atol=1e-5)
     assert not np.allclose(got, attr.sum(0).detach().numpy(), atol=1e-6)
+
+
+def test_lp_ft_starts_fine_tuning_from_the_linear_probe(phantom_stacks, phantom_cohort, encoder_checkpoint):
+    path, weights = encoder_checkpoint
+    X, y = _xy(phantom_stacks, phantom_cohort)
+    probe = FoundationClassifier(encoder_path=str(path), mode="probe", crop=16, random_state=0).fit(X, y)
+    # a step too small to move anything: LP-FT's model is the probe's
+    still = FoundationClassifier(encoder_path=str(path), head_init="probe", crop=16, epochs=1, batch_size=4,
+                                 lr=1e-9, augment=False, random_state=0).fit(X, y)
+    assert np.allclose(still.decision_function(X), probe.decision_function(X), atol=1e-3)
+    assert still.network_.dropout.p == 0.1
+    assert all(p.requires_grad for p in still.network_.encoder.parameters())
+    tuned = FoundationClassifier(encoder_path=str(path), head_init="probe", crop=16, epochs=2, batch_size=4,
+                                 random_state=0).fit(X, y)
+    assert any(not torch.equal(tuned.network_.encoder.state_dict()[k], weights[k]) for k in weights)
+    assert tuned.probe_C_ == probe.probe_C_  # the head it started from
+    with pytest.raises(ValueError, match="head_init"):
+        FoundationClassifier(encoder_path=str(path), head_init="zeros", crop=16).fit(X, y)
