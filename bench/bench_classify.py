@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder", default=None, help="WP1 encoder checkpoint; default: random init")
     parser.add_argument("--pooling", default="lesion", choices=["lesion", "mean"],
                         help="foundation/probe head: tokens weighted by the tumour mask (default) or all the crop's")
-    parser.add_argument("--head-init", default="random", choices=["random", "probe"],
-                        help="fine-tuning starts from a random head or the linear probe's (LP-FT)")
+    parser.add_argument("--head-init", default="probe", choices=["random", "probe"],
+                        help="fine-tuning starts from the linear probe's head (LP-FT, default) or a random one")
     parser.add_argument("--no-radiomics", action="store_true", help="radiomics family: clinical parameters only")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--loso", default="", help="families to run leave-one-site-out as well (comma list)")
