@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ml.foundation.config import load_config  # noqa: E402
 from ml.foundation.data import INDEX_COLUMNS, build_stacks, load_index  # noqa: E402
+from ml.foundation.pretext import contrastive_at_chance, contrastive_chance  # noqa: E402
 from ml.foundation.probe import probe_reports, training_curve_png  # noqa: E402
 from ml.foundation.train import pretrain  # noqa: E402
 
@@ -162,6 +163,10 @@ def main() -> int:
     print("losses first -> last epoch: " + ", ".join(
         f"{k} {result.history[0][k]:.4f} -> {result.history[-1][k]:.4f}"
         for k in ("inpainting", "crossmodal", "contrastive") if k in result.history[0]))
+    if "contrastive" in result.history[-1]:
+        chance, last = contrastive_chance(config.batch_size), result.history[-1]["contrastive"]
+        print(f"contrastive: chance log(2B - 1) = {chance:.3f}; last epoch {last:.3f} "
+              f"({'at chance: it did not learn' if contrastive_at_chance(last, config.batch_size) else f'{chance - last:.3f} below chance'})")
     t1 = time.monotonic()
     reports = probe_reports(result.checkpoint, probe_index, random_state=config.seed, repeats=args.repeats)
     print(f"probe: {(time.monotonic() - t1) / 60:.1f} min (embedding {len(probe_index)} exams with the pretrained "

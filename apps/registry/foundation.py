@@ -697,13 +697,20 @@ def _evaluate(*, result, index: pd.DataFrame, held: set[str], run_config, out: P
 
     from ml.foundation.data import load_stack
     from ml.foundation.model import load_encoder
+    from ml.foundation.pretext import contrastive_at_chance, contrastive_chance
     from ml.foundation.probe import embed_stacks_pooled, random_encoder, training_curve_png
 
     history = [dict(row) for row in result.history]
-    final = {key: float(history[-1][key]) for key in ("loss", "inpainting", "crossmodal", "contrastive")
-             if history and key in history[-1]}
+    keys = ("loss", "inpainting", "crossmodal", "contrastive")
+    final = {key: float(history[-1][key]) for key in keys if history and key in history[-1]}
+    first = {key: float(history[0][key]) for key in keys if history and key in history[0]}
     metrics: dict[str, Any] = {
         "final_losses": final,
+        "first_losses": first,
+        # the contrastive loss of an embedding that tells the exams of a batch apart no better than chance
+        "loss_chance": {"contrastive": contrastive_chance(run_config.batch_size)} if "contrastive" in final else {},
+        "at_chance": ["contrastive"] if "contrastive" in final and final["contrastive"] is not None
+        and contrastive_at_chance(final["contrastive"], run_config.batch_size) else [],
         "history": history,
         "training": {"epochs": len(history), "seconds": float(result.seconds),
                      "stopped_early": bool(result.stopped_early),

@@ -4,6 +4,7 @@ from django.urls import reverse
 from apps.jobs.models import Job
 from apps.jobs.services import Progress, job_handler
 from apps.registry.models import ModelVersion
+from apps.registry.selectors import pretraining_losses
 from apps.registry.services import classical_train, predictions_make
 
 
@@ -40,7 +41,9 @@ def handle_pretrain(job: Job, progress: Progress) -> dict:
         mv = foundation_pretrain(resume=resume, **common)
     losses = ", ".join(f"{k} {v:.4f}" if v is not None else f"{k} not finite"
                        for k, v in mv.metrics.get("final_losses", {}).items())
-    return {"message": f"Registered {mv} ({losses or 'no losses'})", "model": mv.pk, "links": _links(mv)}
+    stuck = [row["task"] for row in pretraining_losses(mv.metrics) if row["at_chance"]]
+    warning = f"; {', '.join(stuck)} at chance: did not learn" if stuck else ""
+    return {"message": f"Registered {mv} ({losses or 'no losses'}{warning})", "model": mv.pk, "links": _links(mv)}
 
 
 @job_handler("encode_exams")

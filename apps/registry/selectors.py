@@ -66,6 +66,28 @@ def model_metrics_visible(user, model_version: ModelVersion) -> dict:
     return _filter_cases(metrics, visible)
 
 
+#: What each pretraining loss measures, as the model page says it (ml.foundation.pretext).
+LOSS_MEANINGS = {
+    "loss": "the weighted sum of the tasks' losses",
+    "inpainting": "mean squared error of the hidden patches (normalised intensities)",
+    "crossmodal": "mean squared error of the hidden modality's channels (normalised intensities)",
+    "contrastive": "NT-Xent between the two views of each exam (lower: the embedding tells exams apart)",
+}
+
+
+def pretraining_losses(metrics: dict) -> list[dict]:
+    """Rows of the model page's loss table: task, first and last epoch's loss, what it measures and,
+    for the contrastive task, its chance level and whether it ended there (as the pretraining job
+    stored them: ml.foundation.pretext.contrastive_at_chance)."""
+    first, chance = metrics.get("first_losses") or {}, metrics.get("loss_chance") or {}
+    stuck = set(metrics.get("at_chance") or ())
+    rows = []
+    for task, last in (metrics.get("final_losses") or {}).items():
+        rows.append({"task": task, "first": first.get(task), "last": last, "meaning": LOSS_MEANINGS.get(task, ""),
+                     "chance": chance.get(task), "at_chance": task in stuck})
+    return rows
+
+
 def foundation_summary(user, model_version: ModelVersion) -> dict:
     """What the model page shows of a foundation encoder, per-case parts scoped like the metrics.
 
@@ -110,7 +132,7 @@ def foundation_summary(user, model_version: ModelVersion) -> dict:
             probe_rows.append({"task": task, "embedding": embedding, **p})
     config = {k: v for k, v in (model_version.config or {}).items() if k != "plot_captions"}
     return {
-        "final_losses": metrics.get("final_losses", {}),
+        "losses": pretraining_losses(metrics),
         "curves": "curves" in plots,
         "reconstructions": reconstructions,
         "probe": probe_rows,

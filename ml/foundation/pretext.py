@@ -48,6 +48,8 @@ __all__ = [
     "unpatchify",
     "random_keep",
     "nt_xent",
+    "contrastive_chance",
+    "contrastive_at_chance",
 ]
 
 #: Input channel indices of each modality (ml.foundation.data.CHANNELS order).
@@ -155,6 +157,22 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     sim.fill_diagonal_(float("-inf"))
     target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
     return F.cross_entropy(sim, target)
+
+
+def contrastive_chance(batch_size: int) -> float:
+    """The :func:`nt_xent` loss of embeddings that tell the exams of a batch apart no better than
+    chance: ``log(2B - 1)`` (each view's positive is one of the 2B - 1 other views). A contrastive
+    loss that ends near it has not learned (docs/foundation.md)."""
+    if batch_size < 2:
+        raise ValueError(f"batch_size: the contrastive loss needs at least 2 exams per batch, got {batch_size}")
+    return math.log(2 * batch_size - 1)
+
+
+def contrastive_at_chance(loss: float, batch_size: int) -> bool:
+    """Whether a (last epoch's) contrastive loss is within 2 % of :func:`contrastive_chance`: the
+    runs that ended there (2.705-2.708 of 2.708) had pooled embeddings that told no exam apart,
+    one that ended at 2.63 had begun to."""
+    return bool(loss >= 0.98 * contrastive_chance(batch_size))
 
 
 class PretextDecoder(nn.Module):

@@ -73,6 +73,12 @@ def test_pretrain_inline_registers_the_encoder(generated_bids, tmp_path, capsys)
     assert f"exam {exams[-1].pk} left out" in job.log
     assert set(mv.metrics["final_losses"]) == {"loss", "inpainting", "crossmodal", "contrastive"}
     assert all(v > 0 for v in mv.metrics["final_losses"].values())
+    assert mv.metrics["first_losses"] == pytest.approx({k: mv.metrics["history"][0][k] for k in mv.metrics["final_losses"]})
+    # the contrastive loss beside its chance level, log(2B - 1), and the verdict the job message repeats
+    assert mv.metrics["loss_chance"] == {"contrastive": pytest.approx(np.log(2 * mv.config["batch_size"] - 1))}
+    stuck = mv.metrics["final_losses"]["contrastive"] >= 0.98 * mv.metrics["loss_chance"]["contrastive"]
+    assert mv.metrics["at_chance"] == (["contrastive"] if stuck else [])
+    assert ("contrastive at chance: did not learn" in job.result["message"]) == stuck
     # the representation's quality: a probe row per task (AUCs with CIs, or why not), retrieval
     # for the global embedding and the lesion one
     assert set(mv.metrics["probe"]) == set(mv.metrics["probe_lesion"]) == {"progression", "idh"}
@@ -201,3 +207,4 @@ def test_init_from_a_foundation_version_without_checkpoint_is_refused(tmp_path):
     with pytest.raises(CommandError, match="checkpoint 'models/gone.pt' is missing"):
         call_command("pretrain", "--config", str(_config(tmp_path)), "--cohort", "empty", "--init", str(mv.pk),
                      "--quiet")
+

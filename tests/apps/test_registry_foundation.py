@@ -253,7 +253,9 @@ def foundation_version(site, other_site) -> tuple[ModelVersion, Exam, Exam, Exam
             "recon_inpainting_1": "Inpainting, held-out exam 1"}},
         plots={"curves": _png(), "recon_inpainting_1": _png(), "recon_crossmodal_1": _png()},
         metrics={
-            "final_losses": {"inpainting": 0.4321, "crossmodal": 0.5, "contrastive": 1.2},
+            "final_losses": {"inpainting": 0.4321, "crossmodal": 0.5, "contrastive": 2.7051},
+            "first_losses": {"inpainting": 0.9876, "crossmodal": 0.8, "contrastive": 3.9},
+            "loss_chance": {"contrastive": 2.70805}, "at_chance": ["contrastive"],
             "training": {"epochs": 2, "seconds": 12.0, "held_out": 2},
             "probe": {"progression": {"scope": "held-out patients", "n_exams": 12, "n_positive": 5,
                                       "n_patients": 12, "n_folds": 5, "encoder": auc, "random": rnd,
@@ -292,7 +294,9 @@ def test_foundation_page_for_each_role(client, role, status):
         return
     html = response.content.decode()
     for text in ("Self-supervised pretraining", "Exams seen</dt><dd>5 ", "c0ffee", "Started from",
-                 reverse("registry:detail", args=[mv.parent.pk]), "0.4321", "Linear probe",
+                 reverse("registry:detail", args=[mv.parent.pk]), "0.4321", "0.9876", "Linear probe",
+                 "mean squared error of the hidden patches", "chance 2.708 (log(2B − 1))",
+                 "at chance: this task did not learn",
                  "<strong>0.810</strong> [0.620, 0.950]", "0.550 [0.350, 0.740]", "0.260",
                  "needs at least 2 exams of each class, got [1, 3]", "12 (5)",
                  "<strong>0.912</strong> [0.800, 0.990]", "0.700 <span class=\"muted\">(3 encoders, 0.650–0.720)",
@@ -307,6 +311,17 @@ def test_foundation_page_for_each_role(client, role, status):
         assert "an exam of a site you have no data role at" in html
     else:
         assert reverse("cohorts:exam", args=[theirs.pk]) in html
+
+
+def test_the_loss_table_of_a_version_registered_before_first_losses_and_chance_levels():
+    from apps.registry.selectors import pretraining_losses
+
+    rows = pretraining_losses({"final_losses": {"inpainting": 0.2, "contrastive": 2.70}})
+    assert [(r["task"], r["first"], r["last"], r["chance"], r["at_chance"]) for r in rows] == [
+        ("inpainting", None, 0.2, None, False), ("contrastive", None, 2.70, None, False)]
+    learned = pretraining_losses({"final_losses": {"contrastive": 0.7}, "loss_chance": {"contrastive": 2.708},
+                                  "at_chance": []})
+    assert learned[0]["chance"] == 2.708 and not learned[0]["at_chance"]
 
 
 def test_model_list_shows_a_foundation_version(client):

@@ -17,6 +17,8 @@ from ml.foundation.model import FoundationEncoder, load_encoder, save_encoder
 from ml.foundation.pretext import (
     PretextConfig,
     PretrainModel,
+    contrastive_at_chance,
+    contrastive_chance,
     nt_xent,
     patchify,
     random_keep,
@@ -50,6 +52,14 @@ def test_random_keep_hides_the_ratio():
 def test_nt_xent_is_low_for_matching_pairs():
     z = torch.randn(6, 8)
     assert nt_xent(z, z + 0.01 * torch.randn_like(z), 0.1) < nt_xent(z, torch.randn(6, 8), 0.1)
+
+
+def test_the_contrastive_chance_level_is_the_loss_of_embeddings_that_tell_nothing_apart():
+    same = torch.ones(8, 16)  # every exam's embedding alike: each view's positive is one of 15 equals
+    assert float(nt_xent(same, same, 0.1)) == pytest.approx(contrastive_chance(8)) == pytest.approx(np.log(15))
+    assert contrastive_at_chance(2.705, 8) and not contrastive_at_chance(2.63, 8)
+    with pytest.raises(ValueError, match="at least 2"):
+        contrastive_chance(1)
 
 
 def _views(stacks, crop=16):
