@@ -72,11 +72,12 @@ def _views(stacks, crop=16):
     return v1, o1, v2, o2
 
 
-@pytest.mark.parametrize("task", ["inpainting", "crossmodal", "contrastive"])
-def test_each_loss_decreases_on_a_tiny_overfit_run(foundation_stacks, task):
+@pytest.mark.parametrize("task, contrastive_view", [("inpainting", "crossmodal"), ("crossmodal", "crossmodal"),
+                                                     ("contrastive", "crossmodal"), ("contrastive", "masked")])
+def test_each_loss_decreases_on_a_tiny_overfit_run(foundation_stacks, task, contrastive_view):
     weights = {f"weight_{t}": float(t == task) for t in ("inpainting", "crossmodal", "contrastive")}
     cfg = PretextConfig(decoder_hidden_size=32, decoder_layers=1, decoder_heads=4, decoder_mlp_dim=64,
-                        proj_dim=16, **weights)
+                        proj_dim=16, contrastive_view=contrastive_view, **weights)
     torch.manual_seed(0)
     model = PretrainModel(tiny_encoder_config(patch_size=4), cfg)
     v1, o1, v2, o2 = _views(foundation_stacks)
@@ -93,6 +94,34 @@ def test_each_loss_decreases_on_a_tiny_overfit_run(foundation_stacks, task):
         first = value if first is None else first
         last = value
     assert last < 0.7 * first, (task, first, last)
+
+
+def test_the_masked_contrastive_view_is_a_third_pass_with_every_modality(foundation_stacks):
+    """``contrastive_view="masked"``: the inpainting view is contrasted with view 2 seen whole
+    (every modality) through its own mask, not with the cross-modal pass (one modality hidden):
+    one more encoder pass, the cross-modal loss unchanged, the contrastive one different."""
+    v1, o1, v2, o2 = _views(foundation_stacks)
+    out, calls = {}, {}
+    for view in ("crossmodal", "masked"):
+        torch.manual_seed(0)
+        model = PretrainModel(tiny_encoder_config(patch_size=4), PretextConfig(
+            decoder_hidden_size=32, decoder_layers=1, decoder_heads=4, decoder_mlp_dim=64, proj_dim=16,
+            contrastive_view=view))
+        seen = []
+        model.encoder.register_forward_hook(lambda m, args, kwargs, _o, seen=seen: seen.append(kwargs.get("channel_mask")),
+                                            with_kwargs=True)
+        with torch.no_grad():
+            out[view] = model(v1, o1, v2, o2, generator=torch.Generator().manual_seed(1))
+        calls[view] = seen
+    assert len(calls["crossmodal"]) == 2 and len(calls["masked"]) == 3
+    assert calls["masked"][2] is None  # the contrastive view keeps every channel
+    torch.testing.assert_close(out["masked"]["crossmodal"], out["crossmodal"]["crossmodal"])
+    torch.testing.assert_close(out["masked"]["inpainting"], out["crossmodal"]["inpainting"])
+    assert not torch.allclose(out["masked"]["contrastive"], out["crossmodal"]["contrastive"])
+    with pytest.raises(ValueError, match="contrastive_view"):
+        PretextConfig(contrastive_view="other")
+    with pytest.raises(ValueError, match="contrastive_mask_ratio"):
+        PretextConfig(contrastive_mask_ratio=1.0)
 
 
 def test_config_yaml_roundtrip_and_errors(tmp_path, tiny_config):
