@@ -709,7 +709,7 @@ def _evaluate(*, result, index: pd.DataFrame, held: set[str], run_config, out: P
         "first_losses": first,
         # the contrastive loss of an embedding that tells the exams of a batch apart no better than chance
         "loss_chance": {"contrastive": contrastive_chance(run_config.batch_size)} if "contrastive" in final else {},
-        "at_chance": ["contrastive"] if "contrastive" in final and final["contrastive"] is not None
+        "at_chance": ["contrastive"] if "contrastive" in final
         and contrastive_at_chance(final["contrastive"], run_config.batch_size) else [],
         "history": history,
         "training": {"epochs": len(history), "seconds": float(result.seconds),

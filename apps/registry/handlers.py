@@ -4,7 +4,6 @@ from django.urls import reverse
 from apps.jobs.models import Job
 from apps.jobs.services import Progress, job_handler
 from apps.registry.models import ModelVersion
-from apps.registry.selectors import pretraining_losses
 from apps.registry.services import classical_train, predictions_make
 
 
@@ -41,7 +40,7 @@ def handle_pretrain(job: Job, progress: Progress) -> dict:
         mv = foundation_pretrain(resume=resume, **common)
     losses = ", ".join(f"{k} {v:.4f}" if v is not None else f"{k} not finite"
                        for k, v in mv.metrics.get("final_losses", {}).items())
-    stuck = [row["task"] for row in pretraining_losses(mv.metrics) if row["at_chance"]]
+    stuck = mv.metrics.get("at_chance") or []  # tasks whose last loss is at chance (the contrastive one)
     warning = f"; {', '.join(stuck)} at chance: did not learn" if stuck else ""
     return {"message": f"Registered {mv} ({losses or 'no losses'}{warning})", "model": mv.pk, "links": _links(mv)}
 

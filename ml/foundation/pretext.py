@@ -77,7 +77,7 @@ class PretextConfig:
             (the cross-modal pass: one modality, ``crossmodal_mask_ratio`` hidden) or ``"masked"``
             (a third pass over view 2 with every modality and ``contrastive_mask_ratio`` of its
             patches hidden: ~40 % more compute per step). Against the cross-modal pass the loss
-            stayed at chance in every run checked; against the masked view it learns
+            stayed at or near chance in every run checked; against the masked view it learns
             (docs/foundation.md).
         contrastive_mask_ratio: fraction of patches hidden in the ``"masked"`` contrastive view.
     """
