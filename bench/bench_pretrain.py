@@ -5,8 +5,9 @@ under 30 minutes on 2 cores and its linear probe (logistic regression on frozen 
 patient-grouped cross-validation: every exam scored by a model that never saw its patient) beats the
 same probe on a randomly initialised encoder (same config and seed) by at least 0.05 AUC, for
 progression (suspected-recurrence exams) and IDH (initial-diagnosis exams). Both embeddings are
-probed: the global one (mean over the brain) and the lesion one (mean over the patches the tumour
-mask covers), each against the random encoder's same embedding.
+probed: the global one (mean over the brain), the global max one (each feature's maximum over the
+brain's patches: no mask, the tumour's few patches not diluted) and the lesion one (mean over the
+patches the tumour mask covers), each against the random encoder's same embedding.
 
     nice -n 10 .venv/bin/python bench/bench_pretrain.py --index /work/data/stacks200_4mm \
         --patients 200 --minutes 30
@@ -42,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ml.foundation.config import load_config  # noqa: E402
 from ml.foundation.data import INDEX_COLUMNS, build_stacks, load_index  # noqa: E402
 from ml.foundation.pretext import contrastive_at_chance, contrastive_chance  # noqa: E402
-from ml.foundation.probe import probe_reports, training_curve_png  # noqa: E402
+from ml.foundation.probe import POOLING_MEANINGS, probe_reports, training_curve_png  # noqa: E402
 from ml.foundation.train import pretrain  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +72,7 @@ def print_reports(reports: dict, minutes: float | None, n_patients: int, budget:
     verdicts = {}
     for pooling, report in reports.items():
         ok = minutes is None or minutes < 30.0
-        print(f"{pooling} embedding ({'mean over the brain' if pooling == 'global' else 'mean over the tumour patches'}):")
+        print(f"{pooling} embedding ({POOLING_MEANINGS[pooling]}):")
         for task in report.pretrained:
             p = report.pretrained[task]
             pre, ran = np.array(report.aucs("pretrained", task)), np.array(report.aucs("random", task))

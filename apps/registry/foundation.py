@@ -34,6 +34,7 @@ from apps.audit.services import audit_record
 from apps.cohorts.models import Cohort, Exam
 from apps.cohorts.services.store import StoreTransaction, media_path
 from apps.registry.models import ExamEmbedding, ModelVersion
+from apps.registry.selectors import PROBE_METRICS
 
 #: Bump when the way stacks are built from volumes changes (invalidates the cache).
 STACK_FORMAT = 1
@@ -729,8 +730,9 @@ def _evaluate(*, result, index: pd.DataFrame, held: set[str], run_config, out: P
     baselines = [embed_stacks_pooled(random_encoder(run_config.encoder, run_config.seed + i), stacks.values())
                  for i in range(RANDOM_ENCODERS)]
     report(93, "Linear probes")
-    # the global embedding (mean over the brain) and the lesion one (mean over the tumour's patches)
-    for key, pooling in (("probe", "global"), ("probe_lesion", "lesion")):
+    # the global embedding (mean over the brain), the global max one (each feature's maximum over the
+    # brain's patches) and the lesion one (mean over the tumour's patches)
+    for key, pooling in PROBE_METRICS:
         tables = {"encoder": trained[pooling], "random": [b[pooling] for b in baselines]}
         metrics[key] = {task: _probe_task(task, tables, held, run_config.seed) for task in PROBE_TASKS}
         for task, row in metrics[key].items():

@@ -75,6 +75,17 @@ LOSS_MEANINGS = {
 }
 
 
+#: The pretraining job's probe metrics: key in ModelVersion.metrics, the embedding it probes
+#: (ml.foundation.probe.POOLINGS). Versions made before the global max embedding have no probe_max.
+PROBE_METRICS = (("probe", "global"), ("probe_max", "max"), ("probe_lesion", "lesion"))
+#: What each embedding is, as the model page says it (the web process does not import ml.foundation).
+POOLING_MEANINGS = {
+    "global": "mean over the brain",
+    "max": "each feature's maximum over the brain's patches",
+    "lesion": "mean over the tumour's patches",
+}
+
+
 def pretraining_losses(metrics: dict) -> list[dict]:
     """Rows of the model page's loss table: task, first and last epoch's loss, what it measures and,
     for the contrastive task, its chance level and whether it ended there (as the pretraining job
@@ -127,9 +138,9 @@ def foundation_summary(user, model_version: ModelVersion) -> dict:
                 f", held-out exam {exam[0]}" if exam else "")
             reconstructions.append({"key": key, "task": task, "caption": captions.get(key, default)})
     probe_rows = []
-    for key, embedding in (("probe", "global"), ("probe_lesion", "lesion")):
+    for key, embedding in PROBE_METRICS:  # versions made before the max pooling have no probe_max
         for task, p in (metrics.get(key) or {}).items():
-            probe_rows.append({"task": task, "embedding": embedding, **p})
+            probe_rows.append({"task": task, "embedding": embedding, "meaning": POOLING_MEANINGS[embedding], **p})
     config = {k: v for k, v in (model_version.config or {}).items() if k != "plot_captions"}
     return {
         "losses": pretraining_losses(metrics),

@@ -1,7 +1,8 @@
 """Quality of the representation: linear probes, retrieval, reconstructions, training curves.
 
 * :func:`embed_stacks`: frozen embeddings of exams: the global one (``encode(...).pooled``, mean over
-  the brain) or the lesion one (``encode(...).lesion``, mean over the patches the tumour mask covers).
+  the brain), the global max one (``encode(...).peak``, each feature's maximum over the brain's
+  patches) or the lesion one (``encode(...).lesion``, mean over the patches the tumour mask covers).
 * :func:`linear_probe`: logistic regression on frozen embeddings, patient-grouped stratified
   cross-validation (every exam is scored by a model that never saw its patient), AUC of the
   out-of-fold scores with a patient-level bootstrap confidence interval.
@@ -37,6 +38,7 @@ __all__ = [
     "ProbeReport",
     "Neighbour",
     "POOLINGS",
+    "POOLING_MEANINGS",
     "embed_stacks",
     "embed_stacks_pooled",
     "probe_labels",
@@ -134,8 +136,15 @@ def _stacks(source: pd.DataFrame | Iterable[ExamStack]) -> Iterable[ExamStack]:
         yield from source
 
 
-#: Embeddings a probe can read: ``global`` (brain mean) and ``lesion`` (tumour-weighted mean).
-POOLINGS = ("global", "lesion")
+#: Embeddings a probe can read: ``global`` (brain mean), ``max`` (each feature's maximum over the
+#: brain's patches; no mask needed) and ``lesion`` (tumour-weighted mean).
+POOLINGS = ("global", "max", "lesion")
+#: What each pooling is, for printed reports and pages.
+POOLING_MEANINGS = {
+    "global": "mean over the brain",
+    "max": "each feature's maximum over the brain's patches",
+    "lesion": "mean over the tumour's patches",
+}
 
 
 def embed_stacks(encoder: FoundationEncoder, source: pd.DataFrame | Iterable[ExamStack], *,
@@ -143,9 +152,9 @@ def embed_stacks(encoder: FoundationEncoder, source: pd.DataFrame | Iterable[Exa
     """Embeddings of exams, one row per exam (index: key; columns: ``e0..e{E-1}`` then the meta).
 
     Args:
-        pooling: ``"global"`` (mean over the brain) or ``"lesion"`` (mean over the tumour's
-            patches; an exam without a tumour mask gets its global embedding, and ``pooled_on``
-            says which one each row holds).
+        pooling: ``"global"`` (mean over the brain), ``"max"`` (each feature's maximum over the
+            brain's patches) or ``"lesion"`` (mean over the tumour's patches; an exam without a
+            tumour mask gets its global embedding, and ``pooled_on`` says which one each row holds).
     """
     tables = embed_stacks_pooled(encoder, source, poolings=(pooling,))
     return tables[pooling]
@@ -163,9 +172,9 @@ def embed_stacks_pooled(encoder: FoundationEncoder, source: pd.DataFrame | Itera
     for stack in _stacks(source):
         emb = encode(encoder, stack)
         for p in poolings:
-            lesion = p == "lesion" and emb.lesion is not None
-            rows[p].append(emb.lesion if lesion else emb.pooled)
-            on[p].append("lesion" if lesion else "global")
+            vector = {"global": emb.pooled, "max": emb.peak, "lesion": emb.lesion}[p]
+            rows[p].append(emb.pooled if vector is None else vector)
+            on[p].append("global" if vector is None else p)
         meta.append(stack.meta)
         keys.append(stack.key)
     if not keys:

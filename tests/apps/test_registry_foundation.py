@@ -261,6 +261,11 @@ def foundation_version(site, other_site) -> tuple[ModelVersion, Exam, Exam, Exam
                                       "n_patients": 12, "n_folds": 5, "encoder": auc, "random": rnd,
                                       "difference": 0.26},
                       "idh": {"error": "needs at least 2 exams of each class, got [1, 3]"}},
+            "probe_max": {"idh": {"scope": "held-out patients", "n_exams": 12, "n_positive": 6, "n_patients": 12,
+                                  "n_folds": 5, "encoder": {"estimate": 0.777, "lower": 0.6, "upper": 0.9},
+                                  "random": {"estimate": 0.654, "runs": 3, "min": 0.6, "max": 0.7,
+                                             "aucs": [0.6, 0.662, 0.7]},
+                                  "difference": 0.123}},
             "probe_lesion": {"progression": {"scope": "held-out patients", "n_exams": 12, "n_positive": 5,
                                              "n_patients": 12, "n_folds": 5,
                                              "encoder": {"estimate": 0.912, "lower": 0.8, "upper": 0.99},
@@ -300,7 +305,9 @@ def test_foundation_page_for_each_role(client, role, status):
                  "<strong>0.810</strong> [0.620, 0.950]", "0.550 [0.350, 0.740]", "0.260",
                  "needs at least 2 exams of each class, got [1, 3]", "12 (5)",
                  "<strong>0.912</strong> [0.800, 0.990]", "0.700 <span class=\"muted\">(3 encoders, 0.650–0.720)",
-                 "(one encoder, 95% CI)", "mean over the tumour's patches", "mean over the brain", "12: held-out patients, 5 folds", "Inpainting, held-out exam 1",
+                 "(one encoder, 95% CI)", "mean over the tumour&#x27;s patches", "mean over the brain",
+                 "global max <span class=\"muted\">(each feature&#x27;s maximum over the brain&#x27;s patches)",
+                 "<strong>0.777</strong> [0.600, 0.900]", "0.123", "12: held-out patients, 5 folds", "Inpainting, held-out exam 1",
                  reverse("registry:plot", args=[mv.pk, "curves"]), "Nearest-neighbour retrieval",
                  "seed: 3", "hidden_size: 24", "encode_exams --model"):
         assert text in html, text

@@ -181,3 +181,23 @@ def test_encode_lesion_embedding_is_the_tumour_weighted_mean_of_patches(foundati
     assert np.abs(emb.lesion - emb.pooled).max() > 1e-3  # the tumour's patches are not the brain's mean
     no_tumour = dataclasses.replace(stack, masks={k: v for k, v in stack.masks.items() if k != "tumor"})
     assert encode(enc, no_tumour).lesion is None
+
+
+def test_encode_global_max_embedding_is_the_featurewise_max_over_the_brains_patches(foundation_stacks):
+    stack = foundation_stacks[0]
+    enc = _encoder(img_size=(32, 32, 32))
+    emb = encode(enc, stack)
+    brain = stack.masks["brain"] > 0
+    # share of each 8^3 patch inside the brain, computed independently of encode()
+    share = np.zeros(emb.grid_shape)
+    for i, j, k in np.argwhere(brain):
+        share[i // 8, j // 8, k // 8] += 1 / 8 ** 3
+    inside = share >= 0.5
+    assert 0 < inside.sum() < inside.size  # some patches are mostly outside the head: left out
+    np.testing.assert_allclose(emb.peak, emb.patches[:, inside].max(axis=1), rtol=1e-6)
+    assert not np.allclose(emb.peak, emb.patches.reshape(emb.patches.shape[0], -1).max(axis=1))
+    assert (emb.peak > emb.pooled).all()  # the maximum of patches that differ is above their mean
+    # without a brain mask: the maximum over every patch
+    no_brain = dataclasses.replace(stack, masks={k: v for k, v in stack.masks.items() if k != "brain"})
+    bare = encode(enc, no_brain)
+    np.testing.assert_allclose(bare.peak, bare.patches.reshape(bare.patches.shape[0], -1).max(axis=1), rtol=1e-6)

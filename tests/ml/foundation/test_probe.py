@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from ml.foundation.model import encode
 from ml.foundation.probe import (
     embed_stacks,
     embed_stacks_pooled,
@@ -127,5 +128,11 @@ def test_embed_stacks_lesion_pooling(foundation_stacks):
     assert with_tumour and set(lesion.loc[with_tumour, "pooled_on"]) == {"lesion"}
     assert not np.allclose(glob.loc[with_tumour, cols].to_numpy(), lesion.loc[with_tumour, cols].to_numpy())
     np.testing.assert_allclose(embed_stacks(enc, foundation_stacks, pooling="lesion")[cols], lesion[cols])
+    # the global max embedding: every exam has one (no mask needed), it is encode()'s peak
+    peak = tables["max"]
+    assert list(peak.index) == list(glob.index) and set(peak["pooled_on"]) == {"max"}
+    np.testing.assert_allclose(peak[cols].to_numpy(), np.stack([encode(enc, s).peak for s in foundation_stacks]),
+                               rtol=1e-5, atol=1e-6)
+    assert (peak[cols].to_numpy() >= glob[cols].to_numpy() - 1e-6).all()  # a maximum is at least the mean
     with pytest.raises(ValueError, match="unknown pooling"):
-        embed_stacks(enc, foundation_stacks, pooling="max")
+        embed_stacks(enc, foundation_stacks, pooling="median")
