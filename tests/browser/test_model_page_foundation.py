@@ -73,6 +73,11 @@ def test_researcher_reads_the_foundation_model_page(http_server, page_720, tmp_p
     probe = page.get_by_role("table", name="Linear probe")
     assert "0.810" in probe.inner_text() and "0.550" in probe.inner_text()
     assert "needs at least 2 exams of each class" in probe.inner_text()
+    # each embedding says what it pools: the brain mean, the global max, the tumour's patches
+    for text in ("mean over the brain", "global max (each feature's maximum over the brain's patches)",
+                 "mean over the tumour's patches"):
+        assert text in probe.inner_text(), text
+    assert probe.bounding_box()["x"] + probe.bounding_box()["width"] <= 1280
     # the losses: first and last epoch, what each measures, the contrastive one beside its chance level
     losses = page.get_by_role("table", name="Losses per pretext task")
     assert "chance 2.708" in losses.inner_text() and "at chance: this task did not learn" in losses.inner_text()
