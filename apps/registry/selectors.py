@@ -140,7 +140,9 @@ def foundation_summary(user, model_version: ModelVersion) -> dict:
     probe_rows = []
     for key, embedding in PROBE_METRICS:  # versions made before the max pooling have no probe_max
         for task, p in (metrics.get(key) or {}).items():
-            probe_rows.append({"task": task, "embedding": embedding, "meaning": POOLING_MEANINGS[embedding], **p})
+            difference = p.get("difference")  # signed: a pretrained encoder can be worse than random
+            probe_rows.append({"task": task, "embedding": embedding, "meaning": POOLING_MEANINGS[embedding],
+                               "difference_signed": None if difference is None else f"{difference:+.3f}", **p})
     config = {k: v for k, v in (model_version.config or {}).items() if k != "plot_captions"}
     return {
         "losses": pretraining_losses(metrics),

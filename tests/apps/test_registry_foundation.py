@@ -307,7 +307,7 @@ def test_foundation_page_for_each_role(client, role, status):
                  "<strong>0.912</strong> [0.800, 0.990]", "0.700 <span class=\"muted\">(3 encoders, 0.650–0.720)",
                  "(one encoder, 95% CI)", "mean over the tumour&#x27;s patches", "mean over the brain",
                  "global max <span class=\"muted\">(each feature&#x27;s maximum over the brain&#x27;s patches)",
-                 "<strong>0.777</strong> [0.600, 0.900]", "0.123", "12: held-out patients, 5 folds", "Inpainting, held-out exam 1",
+                 "<strong>0.777</strong> [0.600, 0.900]", "<td>+0.123</td>", "<td>+0.260</td>", "12: held-out patients, 5 folds", "Inpainting, held-out exam 1",
                  reverse("registry:plot", args=[mv.pk, "curves"]), "Nearest-neighbour retrieval",
                  "seed: 3", "hidden_size: 24", "encode_exams --model"):
         assert text in html, text
