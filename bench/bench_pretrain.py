@@ -4,7 +4,7 @@ Issue 11's target: on a generated cohort of about 200 patients, the small CPU co
 under 30 minutes on 2 cores and its linear probe (logistic regression on frozen global embeddings,
 patient-grouped cross-validation: every exam scored by a model that never saw its patient) beats the
 same probe on a randomly initialised encoder (same config and seed) by at least 0.05 AUC, for
-progression (suspected-recurrence exams) and IDH (initial-diagnosis exams). Both embeddings are
+progression (suspected-recurrence exams) and IDH (initial-diagnosis exams). Three embeddings are
 probed: the global one (mean over the brain), the global max one (each feature's maximum over the
 brain's patches: no mask, the tumour's few patches not diluted) and the lesion one (mean over the
 patches the tumour mask covers), each against the random encoder's same embedding.

@@ -477,7 +477,7 @@ def encode(encoder: FoundationEncoder, stack: ExamStack, *, crop: Any = None, ov
     flat = patches.reshape(cfg.hidden_size, -1)
     pooled = flat.mean(axis=1).astype(np.float32) if brain is None else weighted_mean(brain)
     inside = np.ones(flat.shape[1], dtype=bool) if brain is None else brain.reshape(-1) >= 0.5
-    if not inside.any():  # a brain mask smaller than any patch's half: its patches at all
+    if not inside.any():  # no patch is half inside a (tiny) brain mask: every patch it touches
         inside = brain.reshape(-1) > 0
     peak = flat[:, inside].max(axis=1).astype(np.float32)
     return Embeddings(patches=patches, patch_affine=patch_affine, pooled=pooled,
