@@ -130,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="deep families: at least this many optimiser steps (small fractions get more epochs)")
     parser.add_argument("--arch", default="densenet", help="CNN architecture (resnet, densenet, densenet121)")
     parser.add_argument("--encoder", default=None, help="WP1 encoder checkpoint; default: random init")
-    parser.add_argument("--pooling", default="lesion", choices=["lesion", "mean"],
-                        help="foundation/probe head: tokens weighted by the tumour mask (default) or all the crop's")
+    parser.add_argument("--pooling", default="lesion", choices=["lesion", "max", "mean"],
+                        help="foundation/probe head: tokens weighted by the tumour mask (default), each feature's "
+                             "max over the brain's patches (use --crop 48 at 4 mm) or the mean of all the crop's")
     parser.add_argument("--head-init", default="probe", choices=["random", "probe"],
                         help="fine-tuning starts from the linear probe's head (LP-FT, default) or a random one")
     parser.add_argument("--no-radiomics", action="store_true", help="radiomics family: clinical parameters only")

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ml.foundation.data import load_index  # noqa: E402
 from ml.foundation.model import load_encoder  # noqa: E402
-from ml.foundation.probe import embed_stacks_pooled, random_encoder  # noqa: E402
+from ml.foundation.probe import POOLINGS, embed_stacks_pooled, random_encoder  # noqa: E402
 
 
 def _auc_ci(y: np.ndarray, p: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[float, float, float]:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-site", default="paris")
     ap.add_argument("--fractions", default="0.1,0.25,0.5,1.0")
     ap.add_argument("--seeds", default="0,1,2,3,4")
-    ap.add_argument("--pooling", default="lesion", choices=["lesion", "global"])
+    ap.add_argument("--pooling", default="lesion", choices=list(POOLINGS))
     ap.add_argument("--site-standardise", action="store_true")
     ap.add_argument("--n-boot", type=int, default=1000)
     args = ap.parse_args(argv)

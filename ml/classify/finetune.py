@@ -7,8 +7,10 @@ pretrained checkpoint exists). Input: the lesion-centred crop of every deep fami
 (:mod:`ml.classify.inputs`) with the MNI mm of its first voxel, so the encoder's position embedding
 sees where in the brain the crop lies. The head is one linear layer on the pooled embedding: by
 default the tokens weighted by their patch's share of the tumour mask (``pooling="lesion"``, the
-representation on which a WP1 probe generalised to an unseen site, docs/results.md), or the mean of
-all the crop's tokens (``pooling="mean"``, version 1).
+representation on which a WP1 probe generalised to an unseen site, docs/results.md), each feature's
+maximum over the crop's patches lying at least half inside the brain (``pooling="max"``, the WP1
+global max embedding, ``ml.foundation.model.Embeddings.peak``, read from a crop as wide as the
+brain), or the mean of all the crop's tokens (``pooling="mean"``, version 1).
 
 Modes:
 
@@ -40,14 +42,16 @@ from ml.classify.training import DeepClassifier, check_labels
 if TYPE_CHECKING:
     from ml.foundation.data import ExamStack
 
-__all__ = ["HEAD_INITS", "MODES", "POOLINGS", "FoundationClassifier", "EncoderClassifierNet"]
+__all__ = ["HEAD_INITS", "MODES", "POOLINGS", "POOLING_MASKS", "FoundationClassifier", "EncoderClassifierNet"]
 
 MODES: tuple[str, ...] = ("finetune", "probe")
 #: How fine-tuning starts its head: ``"random"`` (a fresh linear layer) or ``"probe"`` (the linear probe's
 #: solution on the frozen encoder, then everything fine-tuned: LP-FT, Kumar et al., ICLR 2022).
 HEAD_INITS: tuple[str, ...] = ("random", "probe")
 #: How the head pools the encoder's tokens (:class:`EncoderClassifierNet`).
-POOLINGS: tuple[str, ...] = ("lesion", "mean")
+POOLINGS: tuple[str, ...] = ("lesion", "max", "mean")
+#: The mask each pooling reads from the crop's last channel (``mean`` reads none).
+POOLING_MASKS: dict[str, str] = {"lesion": "tumor", "max": "brain"}
 _PROBE_CS = tuple(float(c) for c in np.logspace(-3, 2, 6))
 
 
@@ -58,8 +62,10 @@ class EncoderClassifierNet(nn.Module):
     last channel of ``x`` is the tumour mask (0/1), not an image: the encoder sees the other
     channels, and the head reads the mean of the tokens weighted by the share of each patch inside
     the mask (the mean of all tokens when the mask is empty), as ``ml.foundation.probe``'s lesion
-    embedding does. ``explained_channels``: the channels of ``x`` an attribution map sums (the
-    images, not the mask).
+    embedding does. ``pooling="max"``: the last channel is the brain mask, and the head reads each
+    feature's maximum over the patches at least half inside it (those it touches when none is;
+    every patch when the mask is empty), as the WP1 global max embedding does.
+    ``explained_channels``: the channels of ``x`` an attribution map sums (the images, not the mask).
     """
 
     def __init__(self, encoder: nn.Module, hidden_size: int, dropout: float = 0.0, *, pooling: str = "mean") -> None:
@@ -71,7 +77,7 @@ class EncoderClassifierNet(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size, 1)
         in_channels = int(encoder.config.in_channels)
-        self.explained_channels = in_channels if pooling == "lesion" else None
+        self.explained_channels = in_channels if pooling in POOLING_MASKS else None
 
     def pooled(self, x: torch.Tensor, origin_mm: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled embedding (B, E)."""
@@ -81,6 +87,11 @@ class EncoderClassifierNet(nn.Module):
         out = self.encoder(image, origin_mm)
         p = int(self.encoder.config.patch_size)
         share = nn.functional.avg_pool3d(mask.clamp(0, 1), p).flatten(1)  # (B, N), token order (d, h, w)
+        if self.pooling == "max":
+            inside = share >= 0.5
+            inside = torch.where(inside.any(dim=1, keepdim=True), inside, share > 0)
+            inside = torch.where(inside.any(dim=1, keepdim=True), inside, torch.ones_like(inside))
+            return out.tokens.masked_fill(~inside[:, :, None], float("-inf")).amax(dim=1)
         total = share.sum(dim=1, keepdim=True)
         weights = torch.where(total > 0, share / total.clamp_min(1e-12), torch.full_like(share, 1.0 / share.shape[1]))
         return (out.tokens * weights[:, :, None]).sum(dim=1)
@@ -103,7 +114,9 @@ class FoundationClassifier(DeepClassifier):
             fine-tuned encoder drifts less from its pretrained features when the head is already right;
             on the external site 0.72 vs 0.55 AUC at 25 % of the labels, docs/results.md) or a random one.
         pooling: ``"lesion"`` (tokens weighted by the tumour mask; the mean of all tokens for an exam
-            without a tumour mask) or ``"mean"`` (all the crop's tokens, the version-1 behaviour).
+            without a tumour mask), ``"max"`` (each feature's maximum over the crop's patches inside
+            the brain mask; use a crop as wide as the brain, 48 at 4 mm) or ``"mean"`` (all the crop's
+            tokens, the version-1 behaviour).
         **kwargs: the training options of :class:`~ml.classify.training.DeepClassifier`.
 
     Attributes:
@@ -130,21 +143,22 @@ class FoundationClassifier(DeepClassifier):
 
     # --- inputs -------------------------------------------------------------------------------
     def _input_image(self, stack: ExamStack) -> np.ndarray:
-        """The stack's channels, and with lesion pooling its tumour mask as one more channel (zeros
-        without a mask: then the head pools every token)."""
+        """The stack's channels, and with lesion (max) pooling its tumour (brain) mask as one more
+        channel (zeros without a mask: then the head pools every token)."""
         image = np.asarray(stack.image, dtype=np.float32)
-        if self.pooling != "lesion":
+        if self.pooling not in POOLING_MASKS:
             return image
-        tumour = (stack.masks or {}).get("tumor")
-        mask = (np.asarray(tumour) > 0).astype(np.float32) if tumour is not None else np.zeros(image.shape[1:], np.float32)
+        name = POOLING_MASKS[self.pooling]
+        found = (stack.masks or {}).get(name)
+        mask = (np.asarray(found) > 0).astype(np.float32) if found is not None else np.zeros(image.shape[1:], np.float32)
         if mask.shape != image.shape[1:]:
-            raise ValueError(f"stack {getattr(stack, 'key', '?')!r}: tumour mask {mask.shape} does not match the "
+            raise ValueError(f"stack {getattr(stack, 'key', '?')!r}: {name} mask {mask.shape} does not match the "
                              f"image grid {image.shape[1:]}")
         return np.concatenate([image, mask[None]])
 
     @property
     def _intensity_channels(self) -> int | None:  # the mask channel is shifted and mirrored, never scaled
-        return -1 if self.pooling == "lesion" else None
+        return -1 if self.pooling in POOLING_MASKS else None
 
     # --- network ------------------------------------------------------------------------------
     def _load_encoder(self, in_channels: int, voxel_mm: float | None) -> nn.Module:
@@ -180,7 +194,7 @@ class FoundationClassifier(DeepClassifier):
             return warm
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling: one of {POOLINGS}, got {self.pooling!r}")
-        image_channels = in_channels - 1 if self.pooling == "lesion" else in_channels
+        image_channels = in_channels - 1 if self.pooling in POOLING_MASKS else in_channels
         encoder = self._load_encoder(image_channels, getattr(self, "_voxel_mm", None))
         self.encoder_config_ = encoder.config.to_dict()
         net = EncoderClassifierNet(encoder, encoder.config.hidden_size,

@@ -172,7 +172,47 @@ def test_lesion_pooling_weights_the_tokens_by_their_share_of_the_tumour_mask(pha
     mean_net = EncoderClassifierNet(encoder, 32, pooling="mean")
     assert mean_net.explained_channels is None and net.explained_channels == 5
     with pytest.raises(ValueError, match="pooling"):
-        EncoderClassifierNet(encoder, 32, pooling="max")
+        EncoderClassifierNet(encoder, 32, pooling="median")
+
+
+def test_max_pooling_takes_each_feature_max_over_the_patches_inside_the_brain(phantom_stacks, encoder_checkpoint):
+    from ml.classify.finetune import EncoderClassifierNet
+    from ml.foundation.model import load_encoder
+
+    path, _ = encoder_checkpoint
+    stack = next(iter(phantom_stacks.values()))
+    clf = FoundationClassifier(encoder_path=str(path), crop=16, pooling="max")
+    image = clf._input_image(stack)
+    assert np.array_equal(image[-1], (stack.masks["brain"] > 0).astype(np.float32))
+    crops, origins = clf._crops([stack])
+    x, o = torch.from_numpy(crops), torch.from_numpy(origins.astype(np.float32))
+    encoder, _ = load_encoder(path)
+    net = EncoderClassifierNet(encoder, 32, pooling="max").eval()
+    assert net.explained_channels == 5
+    with torch.no_grad():
+        tokens = encoder(x[:, :-1], o).tokens[0].numpy()  # (8, 32): 2 x 2 x 2 patches of 8 voxels
+        # a brain mask covering 3 whole patches and a quarter of a fourth: the max of the 3
+        part = x.clone()
+        part[:, -1] = 0
+        part[:, -1, :8, :8, :] = 1  # patches (0, 0, 0) and (0, 0, 1)
+        part[:, -1, 8:, :8, :8] = 1  # patch (1, 0, 0)
+        part[:, -1, :4, 8:12, 8:] = 1  # a quarter of patch (0, 1, 1)
+        share = part[0, -1].numpy().reshape(2, 8, 2, 8, 2, 8).mean(axis=(1, 3, 5)).reshape(-1)
+        assert sorted(share.round(3)) == [0, 0, 0, 0, 0.25, 1, 1, 1]
+        got = net.pooled(part, o)[0].numpy()
+        assert np.allclose(got, tokens[share >= 0.5].max(0), atol=1e-5)
+        assert not np.allclose(got, tokens.max(0), atol=1e-4)  # the patch a quarter inside is left out
+        tiny = x.clone()
+        tiny[:, -1] = 0
+        tiny[:, -1, 0, 0, 0] = tiny[:, -1, 15, 15, 15] = 1  # no patch half inside: those it touches
+        assert np.allclose(net.pooled(tiny, o)[0].numpy(), tokens[[0, 7]].max(0), atol=1e-5)
+        empty = x.clone()
+        empty[:, -1] = 0  # no brain mask: every patch
+        assert np.allclose(net.pooled(empty, o)[0].numpy(), tokens.max(0), atol=1e-5)
+        # the stack's own mask: the max over its patches at least half inside
+        share = crops[0, -1].reshape(2, 8, 2, 8, 2, 8).mean(axis=(1, 3, 5)).reshape(-1)
+        inside = share >= 0.5 if (share >= 0.5).any() else share > 0
+        assert np.allclose(net.pooled(x, o)[0].numpy(), tokens[inside].max(0), atol=1e-5)
 
 
 def test_augmenter_only_moves_a_mask_riding_along_and_scales_the_images(phantom_stacks):
