@@ -209,14 +209,23 @@ def main(argv: list[str] | None = None) -> int:
                                 f"p {res.p_value:.3g} (n={res.n_positive}+{res.n_negative})")
         print("\npaired DeLong, best family at the largest fraction vs the T/S max rule, external site:")
         print("\n".join(delong_lines))
-    loso_lines = []
+    loso_lines, loso = [], {}
     for fam in [f for f in args.loso.split(",") if f]:
-        res = leave_one_site_out(factories[fam], cohort, load, family=fam, seed=seeds[0],
-                                 n_bootstrap=args.bootstrap)
+        res = loso[fam] = leave_one_site_out(factories[fam], cohort, load, family=fam, seed=seeds[0],
+                                             n_bootstrap=args.bootstrap)
         m = res.pooled.metrics["auc"]
         per = ", ".join(f"{f.split.test_site} {f.report.metrics['auc'].estimate:.3f}" for f in res.folds)
         loso_lines.append(f"{fam}: pooled AUC {m.estimate:.3f} [{m.lower:.3f}, {m.upper:.3f}]; per site {per}")
         print("LOSO " + loso_lines[-1], flush=True)
+    if "ts_rule" in loso:  # every other family against the rule on the same held-out cases (all sites)
+        for fam, res in loso.items():
+            if fam != "ts_rule":
+                d = res.delong(loso["ts_rule"])
+                lo, hi = d.conf_int()
+                loso_lines.append(f"paired DeLong, {fam} vs T/S max rule on the pooled held-out cases: "
+                                  f"{d.auc1:.3f} vs {d.auc2:.3f}, difference {d.difference:+.3f} "
+                                  f"[{lo:+.3f}, {hi:+.3f}], p {d.p_value:.3g} (n={d.n_positive}+{d.n_negative})")
+                print("LOSO " + loso_lines[-1], flush=True)
     print(f"\nwall time {wall / 60:.1f} min (learning curve), torch threads {args.threads}; plot {fig_path}")
     if args.write_docs:
         write_docs(args, lc, summary, delong_lines, loso_lines, wall, cohort)

@@ -677,6 +677,17 @@ class LosoResult:
         return {"config": self.config, "pooled": self.pooled.to_dict(),
                 "per_site": {f.split.test_site: f.to_dict() for f in self.folds}}
 
+    def delong(self, other: LosoResult) -> DeLongResult:
+        """Paired DeLong test of this family against ``other`` on the pooled held-out cases (every case
+        judged by the model that did not see its site; both runs must hold out the same cases)."""
+        mine = [k for f in self.folds for k in f.test_keys]
+        theirs = [k for f in other.folds for k in f.test_keys]
+        if mine != theirs:
+            raise ValueError("delong: the two leave-one-site-out runs did not hold out the same cases")
+        return delong_test(np.concatenate([f.y_test for f in self.folds]),
+                           np.concatenate([f.prob for f in self.folds]),
+                           np.concatenate([f.prob for f in other.folds]))
+
 
 def leave_one_site_out(
     factory: Callable[[int], BaseEstimator],

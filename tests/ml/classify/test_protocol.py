@@ -155,6 +155,17 @@ def test_learning_curve_and_loso_on_generator_stacks(phantom_stacks, phantom_coh
         assert f.split.test_site not in {phantom_cohort.sites[phantom_cohort.keys.index(k)]
                                          for k in (*f.split.train, *f.split.val)}
     assert loso.pooled.n == len(phantom_cohort.keys)
+    # paired DeLong on the pooled held-out cases: the same cases in the same order, against itself 0
+    other = leave_one_site_out(families["radiomics"], phantom_cohort, load, family="radiomics", n_bootstrap=50)
+    d = other.delong(loso)
+    y = np.concatenate([f.y_test for f in loso.folds])
+    assert d.n_positive + d.n_negative == len(phantom_cohort.keys) == y.size and d.n_positive == int(y.sum())
+    assert d.auc1 == pytest.approx(other.pooled.metrics["auc"].estimate)
+    assert d.auc2 == pytest.approx(loso.pooled.metrics["auc"].estimate)
+    assert loso.delong(loso).difference == 0
+    shuffled = type(loso)(tuple(reversed(loso.folds)), loso.pooled, loso.config)
+    with pytest.raises(ValueError, match="same cases"):
+        other.delong(shuffled)
 
 
 def test_ts_rule_probabilities_keep_the_ranking_of_ts_max(phantom_stacks, phantom_cohort):
