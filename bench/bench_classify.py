@@ -220,11 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     if "ts_rule" in loso:  # every other family against the rule on the same held-out cases (all sites)
         for fam, res in loso.items():
             if fam != "ts_rule":
-                d = res.delong(loso["ts_rule"])
+                d, per_site = res.delong(loso["ts_rule"])
                 lo, hi = d.conf_int()
-                loso_lines.append(f"paired DeLong, {fam} vs T/S max rule on the pooled held-out cases: "
-                                  f"{d.auc1:.3f} vs {d.auc2:.3f}, difference {d.difference:+.3f} "
-                                  f"[{lo:+.3f}, {hi:+.3f}], p {d.p_value:.3g} (n={d.n_positive}+{d.n_negative})")
+                sites = ", ".join(f"{f.split.test_site} {r.difference:+.3f}" for f, r in zip(res.folds, per_site,
+                                                                                            strict=True))
+                loso_lines.append(f"paired DeLong, {fam} vs T/S max rule, site-stratified (each site's cases "
+                                  f"ranked by the models that did not see it): mean AUC {d.auc1:.3f} vs "
+                                  f"{d.auc2:.3f}, difference {d.difference:+.3f} [{lo:+.3f}, {hi:+.3f}], "
+                                  f"p {d.p_value:.3g} (n={d.n_positive}+{d.n_negative}; by site {sites})")
                 print("LOSO " + loso_lines[-1], flush=True)
     print(f"\nwall time {wall / 60:.1f} min (learning curve), torch threads {args.threads}; plot {fig_path}")
     if args.write_docs:

@@ -26,6 +26,7 @@ matrices, divisor K-1) and ``z = (A1 - A2) / sqrt(S11 + S22 - 2 S12)``, two-side
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,7 @@ __all__ = [
     "classification_report",
     "delong_test",
     "placement_values",
+    "stratified_delong",
 ]
 
 _EPS = 1e-12
@@ -262,6 +264,39 @@ class DeLongResult:
                "z": self.z, "p_value": self.p_value, "ci_lower": lo, "ci_upper": hi,
                "n_positive": self.n_positive, "n_negative": self.n_negative}
         return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in out.items()}
+
+
+def stratified_delong(results: Sequence[DeLongResult]) -> DeLongResult:
+    """Paired DeLong comparisons on independent strata (e.g. the held-out sites of a
+    leave-one-site-out) combined into one, each stratum weighted by its share of the cases.
+
+    AUCs and their difference are the case-weighted means of the strata's; the covariance is
+    ``sum(w_s^2 cov_s)`` (independent strata). Unlike one DeLong on the pooled cases, no case of one
+    stratum is ranked against a case of another: each stratum's scores come from its own model, whose
+    probabilities need not be on a common scale.
+
+    Raises:
+        ValueError: no stratum.
+    """
+    if not results:
+        raise ValueError("stratified_delong: no stratum")
+    n = np.array([r.n_positive + r.n_negative for r in results], dtype=float)
+    w = n / n.sum()
+    auc1 = float(np.dot(w, [r.auc1 for r in results]))
+    auc2 = float(np.dot(w, [r.auc2 for r in results]))
+    cov = sum(wi ** 2 * r.covariance for wi, r in zip(w, results, strict=True))
+    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    diff = auc1 - auc2
+    if var <= 1e-15:
+        se, z = 0.0, (0.0 if abs(diff) < 1e-15 else float(np.sign(diff) * np.inf))
+        p = 1.0 if z == 0.0 else 0.0
+    else:
+        se = float(np.sqrt(var))
+        z = diff / se
+        p = float(2 * stats.norm.sf(abs(z)))
+    return DeLongResult(auc1=auc1, auc2=auc2, difference=diff, se=se, z=float(z), p_value=p, covariance=cov,
+                        n_positive=sum(r.n_positive for r in results),
+                        n_negative=sum(r.n_negative for r in results))
 
 
 def delong_test(y_true: Any, score1: Any, score2: Any) -> DeLongResult:

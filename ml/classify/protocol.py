@@ -48,6 +48,7 @@ from ml.classify.metrics import (
     PostHocCalibrator,
     classification_report,
     delong_test,
+    stratified_delong,
 )
 from ml.classify.training import check_labels
 
@@ -677,16 +678,18 @@ class LosoResult:
         return {"config": self.config, "pooled": self.pooled.to_dict(),
                 "per_site": {f.split.test_site: f.to_dict() for f in self.folds}}
 
-    def delong(self, other: LosoResult) -> DeLongResult:
-        """Paired DeLong test of this family against ``other`` on the pooled held-out cases (every case
-        judged by the model that did not see its site; both runs must hold out the same cases)."""
-        mine = [k for f in self.folds for k in f.test_keys]
-        theirs = [k for f in other.folds for k in f.test_keys]
-        if mine != theirs:
+    def delong(self, other: LosoResult) -> tuple[DeLongResult, list[DeLongResult]]:
+        """Paired DeLong tests of this family against ``other``, one per held-out site (same cases, each
+        judged by the models that did not see its site), and their site-stratified combination
+        (:func:`~ml.classify.metrics.stratified_delong`): ``(combined, per_site)``.
+
+        Raises:
+            ValueError: the two runs did not hold out the same cases.
+        """
+        if [f.test_keys for f in self.folds] != [f.test_keys for f in other.folds]:
             raise ValueError("delong: the two leave-one-site-out runs did not hold out the same cases")
-        return delong_test(np.concatenate([f.y_test for f in self.folds]),
-                           np.concatenate([f.prob for f in self.folds]),
-                           np.concatenate([f.prob for f in other.folds]))
+        per_site = [delong_test(a.y_test, a.prob, b.prob) for a, b in zip(self.folds, other.folds, strict=True)]
+        return stratified_delong(per_site), per_site
 
 
 def leave_one_site_out(

@@ -19,6 +19,7 @@ from ml.classify.metrics import (
     classification_report,
     delong_test,
     placement_values,
+    stratified_delong,
 )
 
 
@@ -143,6 +144,36 @@ def test_delong_identical_scores_and_bad_input():
         delong_test([1, 0, 0], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1])
     with pytest.raises(ValueError, match="lengths"):
         delong_test([1, 0, 1, 0], [0.1, 0.2, 0.3, 0.4], [0.3, 0.2, 0.1])
+
+
+def test_stratified_delong_weights_sites_by_cases_and_ignores_their_scales():
+    rng = np.random.default_rng(3)
+    strata = []
+    for n, d in ((50, 1.0), (30, 1.5), (80, 0.7)):
+        y = (rng.random(n) < 0.5).astype(int)
+        y[:2], y[2:4] = 1, 0
+        common = rng.normal(y * d, 1.0)
+        strata.append((y, common + rng.normal(0, 0.5, n), common + rng.normal(0, 0.5, n)))
+    one = delong_test(*strata[0])
+    alone = stratified_delong([one])
+    assert (alone.difference, alone.se, alone.p_value) == pytest.approx((one.difference, one.se, one.p_value))
+    per = [delong_test(*t) for t in strata]
+    w = np.array([50, 30, 80]) / 160
+    got = stratified_delong(per)
+    assert got.difference == pytest.approx(np.dot(w, [r.difference for r in per]))
+    assert got.se == pytest.approx(np.sqrt(np.dot(w ** 2, [r.se ** 2 for r in per])))
+    assert got.p_value == pytest.approx(2 * stats.norm.sf(abs(got.difference / got.se)))
+    assert got.n_positive + got.n_negative == 160
+    # the same score on another scale in each stratum (each site's own model): no difference at all
+    # once stratified, while one DeLong on the pooled cases sees one
+    y = np.concatenate([t[0] for t in strata])
+    s1 = np.concatenate([t[1] for t in strata])
+    s2 = np.concatenate([t[1] * 0.2 + k * 3.0 for k, t in enumerate(strata)])
+    same = stratified_delong([delong_test(t[0], t[1], t[1] * 0.2 + k * 3.0) for k, t in enumerate(strata)])
+    assert same.difference == pytest.approx(0, abs=1e-12) and same.p_value == pytest.approx(1.0)
+    assert delong_test(y, s1, s2).p_value < 0.05
+    with pytest.raises(ValueError, match="no stratum"):
+        stratified_delong([])
 
 
 def test_bootstrap_auc_ci_covers_the_true_auc_about_95_percent():

@@ -155,14 +155,16 @@ def test_learning_curve_and_loso_on_generator_stacks(phantom_stacks, phantom_coh
         assert f.split.test_site not in {phantom_cohort.sites[phantom_cohort.keys.index(k)]
                                          for k in (*f.split.train, *f.split.val)}
     assert loso.pooled.n == len(phantom_cohort.keys)
-    # paired DeLong on the pooled held-out cases: the same cases in the same order, against itself 0
+    # paired DeLong per held-out site and site-stratified: never ranks one site's case against another's
     other = leave_one_site_out(families["radiomics"], phantom_cohort, load, family="radiomics", n_bootstrap=50)
-    d = other.delong(loso)
-    y = np.concatenate([f.y_test for f in loso.folds])
-    assert d.n_positive + d.n_negative == len(phantom_cohort.keys) == y.size and d.n_positive == int(y.sum())
-    assert d.auc1 == pytest.approx(other.pooled.metrics["auc"].estimate)
-    assert d.auc2 == pytest.approx(loso.pooled.metrics["auc"].estimate)
-    assert loso.delong(loso).difference == 0
+    d, per_site = other.delong(loso)
+    assert [r.auc1 for r in per_site] == pytest.approx([f.report.metrics["auc"].estimate for f in other.folds])
+    assert [r.auc2 for r in per_site] == pytest.approx([f.report.metrics["auc"].estimate for f in loso.folds])
+    n = np.array([f.y_test.size for f in loso.folds])
+    assert d.n_positive + d.n_negative == n.sum() == len(phantom_cohort.keys)
+    assert d.difference == pytest.approx(np.dot(n / n.sum(), [r.difference for r in per_site]))
+    assert d.se == pytest.approx(np.sqrt(np.sum((n / n.sum()) ** 2 * np.array([r.se for r in per_site]) ** 2)))
+    assert loso.delong(loso)[0].difference == 0
     shuffled = type(loso)(tuple(reversed(loso.folds)), loso.pooled, loso.config)
     with pytest.raises(ValueError, match="same cases"):
         other.delong(shuffled)
