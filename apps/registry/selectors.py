@@ -72,6 +72,7 @@ LOSS_MEANINGS = {
     "inpainting": "mean squared error of the hidden patches (normalised intensities)",
     "crossmodal": "mean squared error of the hidden modality's channels (normalised intensities)",
     "contrastive": "NT-Xent between the two views of each exam (lower: the embedding tells exams apart)",
+    "patchstats": "mean squared error of each visible patch's own mean and max per channel (standardised)",
 }
 
 

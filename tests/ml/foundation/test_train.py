@@ -73,9 +73,10 @@ def _views(stacks, crop=16):
 
 
 @pytest.mark.parametrize("task, contrastive_view", [("inpainting", "crossmodal"), ("crossmodal", "crossmodal"),
-                                                     ("contrastive", "crossmodal"), ("contrastive", "masked")])
+                                                     ("contrastive", "crossmodal"), ("contrastive", "masked"),
+                                                     ("patchstats", "crossmodal")])
 def test_each_loss_decreases_on_a_tiny_overfit_run(foundation_stacks, task, contrastive_view):
-    weights = {f"weight_{t}": float(t == task) for t in ("inpainting", "crossmodal", "contrastive")}
+    weights = {f"weight_{t}": float(t == task) for t in ("inpainting", "crossmodal", "contrastive", "patchstats")}
     cfg = PretextConfig(decoder_hidden_size=32, decoder_layers=1, decoder_heads=4, decoder_mlp_dim=64,
                         proj_dim=16, contrastive_view=contrastive_view, **weights)
     torch.manual_seed(0)
@@ -94,6 +95,41 @@ def test_each_loss_decreases_on_a_tiny_overfit_run(foundation_stacks, task, cont
         first = value if first is None else first
         last = value
     assert last < 0.7 * first, (task, first, last)
+
+
+def test_patch_statistics_are_each_visible_patch_own_mean_and_max(foundation_stacks):
+    """The target is every patch's mean and max per channel, standardised over the batch; the loss
+    compares the head's prediction on the visible tokens with their own patches' statistics only."""
+    v1, o1, v2, o2 = _views(foundation_stacks)
+    torch.manual_seed(0)
+    cfg = PretextConfig(decoder_hidden_size=32, decoder_layers=1, decoder_heads=4, decoder_mlp_dim=64, proj_dim=16,
+                        weight_patchstats=1.0)
+    model = PretrainModel(tiny_encoder_config(patch_size=4), cfg)
+    stats = model.patch_stats(v1)
+    b, n = v1.shape[0], (16 // 4) ** 3
+    assert stats.shape == (b, n, 2 * v1.shape[1])
+    # by hand: patch (1, 2, 3) of exam 2 (token order d, h, w), the PET channel (2)
+    block = v1[2, :, 4:8, 8:12, 12:16].reshape(v1.shape[1], -1)
+    raw = torch.cat([block.mean(dim=1), block.amax(dim=1)])
+    every = torch.cat([patchify(v1, 4).mean(dim=2), patchify(v1, 4).amax(dim=2)], dim=-1).reshape(-1, 10)
+    want = (raw - every.mean(dim=0)) / every.std(dim=0)
+    token = 1 * 16 + 2 * 4 + 3
+    torch.testing.assert_close(stats[2, token], want, atol=1e-5, rtol=1e-5)
+    # the loss reads the visible tokens only: hidden patches changed, the loss unchanged
+    keep, masked = random_keep(b, n, cfg.mask_ratio, torch.Generator().manual_seed(3))
+    tokens = model.encoder(v1, o1, keep_idx=keep).tokens
+    loss = model._patchstats_loss(v1, keep, tokens)
+    target = torch.gather(stats, 1, keep[:, :, None].expand(-1, -1, 10))
+    torch.testing.assert_close(loss, (model.stats_head(tokens) - target).pow(2).mean())
+    # off by default: no head, no loss, the state dict of older configs
+    plain = PretrainModel(tiny_encoder_config(patch_size=4), PretextConfig(decoder_hidden_size=32, decoder_layers=1,
+                                                                           decoder_heads=4, decoder_mlp_dim=64))
+    assert plain.stats_head is None and not any(k.startswith("stats_head") for k in plain.state_dict())
+    with torch.no_grad():
+        assert "patchstats" not in plain(v1, o1, v2, o2, generator=torch.Generator().manual_seed(1))
+        assert "patchstats" in model(v1, o1, v2, o2, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match="weight_patchstats"):
+        PretextConfig(weight_patchstats=-1)
 
 
 def test_the_masked_contrastive_view_is_a_third_pass_with_every_modality(foundation_stacks):
