@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ml.foundation.config import load_config  # noqa: E402
 from ml.foundation.data import INDEX_COLUMNS, build_stacks, load_index  # noqa: E402
-from ml.foundation.pretext import contrastive_at_chance, contrastive_chance  # noqa: E402
+from ml.foundation.pretext import TASKS, contrastive_at_chance, contrastive_chance  # noqa: E402
 from ml.foundation.probe import POOLING_MEANINGS, probe_reports, training_curve_png  # noqa: E402
 from ml.foundation.train import pretrain  # noqa: E402
 
@@ -163,7 +163,7 @@ def main() -> int:
           f"stopped early: {result.stopped_early}, {result.history[-1]['volumes_per_s']:.1f} exams/s last epoch")
     print("losses first -> last epoch: " + ", ".join(
         f"{k} {result.history[0][k]:.4f} -> {result.history[-1][k]:.4f}"
-        for k in ("inpainting", "crossmodal", "contrastive") if k in result.history[0]))
+        for k in TASKS if k in result.history[0]))
     if "contrastive" in result.history[-1]:
         chance, last = contrastive_chance(config.batch_size), result.history[-1]["contrastive"]
         print(f"contrastive: chance log(2B - 1) = {chance:.3f}; last epoch {last:.3f} "

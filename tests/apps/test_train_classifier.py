@@ -96,9 +96,13 @@ def test_train_classifier_inline_registers_versions_and_predicts_with_maps(balan
     assert data.shape == (48, 56, 48) and data.max() > 0 and data.min() >= 0
 
     # the T/S max rule with leave-one-site-out
+    capsys.readouterr()
     call_command("train_classifier", "--family", "ts_rule", "--cohort", "wp3", "--loso", "--bootstrap", "50",
                  "--quiet")
+    printed = capsys.readouterr().out
     rule = ModelVersion.objects.get(name="progression-ts-rule")
+    for site in ("nancy", "paris"):  # each held-out site's own figure, not only the pooled one
+        assert f"leave-one-site-out {site}: n=4 AUC" in printed
     assert set(rule.metrics["loso"]["per_site"]) == {"nancy", "paris"}
     assert rule.metrics["loso"]["pooled"]["n"] == 8 and rule.family == "rule"
     assert rule.metrics["internal"]["n"] == 2  # registered model: internal test of 1 patient per class

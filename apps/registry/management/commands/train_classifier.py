@@ -57,4 +57,9 @@ class Command(BaseCommand):
         if loso:
             auc = loso["pooled"]["metrics"]["auc"]
             self.stdout.write(f"  leave-one-site-out pooled AUC {auc['estimate']:.3f} "
-                              f"[{auc['lower']:.3f}, {auc['upper']:.3f}]")
+                              f"[{auc['lower']:.3f}, {auc['upper']:.3f}] (each site's cases scored by its own "
+                              f"model: the pooled ranking mixes the models' scales)")
+            for site, ev in loso["per_site"].items():
+                a = ev["metrics"]["auc"]
+                shown = "n/a" if a["estimate"] is None else f"{a['estimate']:.3f} [{a['lower']:.3f}, {a['upper']:.3f}]"
+                self.stdout.write(f"  leave-one-site-out {site}: n={ev['n']} AUC {shown}")
