@@ -138,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-radiomics", action="store_true", help="radiomics family: clinical parameters only")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--loso", default="", help="families to run leave-one-site-out as well (comma list)")
+    parser.add_argument("--loso-encoder", default=None, metavar="TEMPLATE",
+                        help="leave-one-site-out of the foundation families with one encoder per held-out site, "
+                             "pretrained without it: a path with {site}, e.g. DIR_no{site}/run/model.pt "
+                             "(default: --encoder for every fold)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--limit", type=int, default=None, help="only the first N labelled exams per site")
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench_classify")
@@ -174,18 +178,17 @@ def main(argv: list[str] | None = None) -> int:
     load = StackLoader(index)
     common = {"epochs": args.epochs, "crop": args.crop, "batch_size": args.batch_size,
               "min_steps": args.min_steps}
-    factories = {}
-    for fam in families:
+    def factory_for(fam: str, encoder: str | None):
         if fam == "cnn":
-            factories[fam] = lambda s: make_estimator("cnn", seed=s, arch=args.arch, **common)
-        elif fam in ("foundation", "probe"):
+            return lambda s: make_estimator("cnn", seed=s, arch=args.arch, **common)
+        if fam in ("foundation", "probe"):
             extra = {"pooling": args.pooling} | ({"head_init": args.head_init} if fam == "foundation" else {})
-            factories[fam] = (lambda f, kw: lambda s: make_estimator(f, seed=s, encoder_path=args.encoder,
-                                                                    **kw, **common))(fam, extra)
-        elif fam == "radiomics":
-            factories[fam] = lambda s: make_estimator("radiomics", seed=s, radiomics=not args.no_radiomics)
-        else:
-            factories[fam] = (lambda f: lambda s: make_estimator(f, seed=s))(fam)
+            return lambda s: make_estimator(fam, seed=s, encoder_path=encoder, **extra, **common)
+        if fam == "radiomics":
+            return lambda s: make_estimator("radiomics", seed=s, radiomics=not args.no_radiomics)
+        return lambda s: make_estimator(fam, seed=s)
+
+    factories = {fam: factory_for(fam, args.encoder) for fam in families}
     t0 = time.perf_counter()
     lc = learning_curve(factories, cohort, load, test_site=args.test_site, fractions=fractions, seeds=seeds,
                         n_bootstrap=args.bootstrap, progress=lambda line: print(line, flush=True))
@@ -211,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(delong_lines))
     loso_lines, loso = [], {}
     for fam in [f for f in args.loso.split(",") if f]:
-        res = loso[fam] = leave_one_site_out(factories[fam], cohort, load, family=fam, seed=seeds[0],
+        factory = factory_for(fam, args.encoder)
+        if fam in ("foundation", "probe") and args.loso_encoder:  # each fold's encoder never saw its test site
+            factory = {site: factory_for(fam, args.loso_encoder.format(site=site)) for site in cohort.site_names}
+        res = loso[fam] = leave_one_site_out(factory, cohort, load, family=fam, seed=seeds[0],
                                              n_bootstrap=args.bootstrap)
         m = res.pooled.metrics["auc"]
         per = ", ".join(f"{f.split.test_site} {f.report.metrics['auc'].estimate:.3f}" for f in res.folds)

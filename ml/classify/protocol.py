@@ -693,7 +693,7 @@ class LosoResult:
 
 
 def leave_one_site_out(
-    factory: Callable[[int], BaseEstimator],
+    factory: Callable[[int], BaseEstimator] | Mapping[str, Callable[[int], BaseEstimator]],
     cohort: LabelledCohort,
     load: Callable[[Sequence[str]], list[ExamStack]],
     *,
@@ -707,15 +707,26 @@ def leave_one_site_out(
 ) -> LosoResult:
     """Hold out each site in turn (train/validate on the others); pooled metrics over all held-out cases.
 
-    Each case is judged at the threshold of the model that did not see its site.
+    Each case is judged at the threshold of the model that did not see its site. ``factory``: one
+    estimator factory for every fold, or one per held-out site (``{site: factory}``; e.g. a foundation
+    family whose encoder was pretrained without that site, so no fold's model has seen its test
+    images even unlabelled).
+
+    Raises:
+        ValueError: fewer than 2 sites; a site without its factory.
     """
     if len(cohort.site_names) < 2:
         raise ValueError(f"leave-one-site-out needs >= 2 sites, got {cohort.site_names}")
+    if isinstance(factory, Mapping):
+        missing = [s for s in cohort.site_names if s not in factory]
+        if missing:
+            raise ValueError(f"leave-one-site-out: no estimator factory for the held-out site(s) {missing}")
     folds = []
     for site in cohort.site_names:
         split = make_split(cohort, test_site=site, seed=seed, label_fraction=label_fraction,
                            val_fraction=val_fraction)
-        result, _, _ = run_split(factory(seed), cohort, split, load, family=family, calibration=calibration,
+        make = factory[site] if isinstance(factory, Mapping) else factory
+        result, _, _ = run_split(make(seed), cohort, split, load, family=family, calibration=calibration,
                                  n_bootstrap=n_bootstrap)
         folds.append(result)
         if progress:

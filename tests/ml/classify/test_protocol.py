@@ -165,6 +165,18 @@ def test_learning_curve_and_loso_on_generator_stacks(phantom_stacks, phantom_coh
     assert d.difference == pytest.approx(np.dot(n / n.sum(), [r.difference for r in per_site]))
     assert d.se == pytest.approx(np.sqrt(np.sum((n / n.sum()) ** 2 * np.array([r.se for r in per_site]) ** 2)))
     assert loso.delong(loso)[0].difference == 0
+    # one factory per held-out site (a foundation encoder pretrained without it): each fold uses its own
+    called = []
+
+    def per_site(site):
+        return lambda s: called.append(site) or make_estimator("ts_rule", seed=s)
+
+    sites = ["lyon", "nancy", "paris"]
+    own = leave_one_site_out({x: per_site(x) for x in sites}, phantom_cohort, load, family="ts_rule", n_bootstrap=50)
+    assert called == sites and [f.split.test_site for f in own.folds] == sites
+    assert np.allclose(np.concatenate([f.prob for f in own.folds]), np.concatenate([f.prob for f in loso.folds]))
+    with pytest.raises(ValueError, match="paris"):
+        leave_one_site_out({x: per_site(x) for x in sites[:2]}, phantom_cohort, load, family="ts_rule")
     shuffled = type(loso)(tuple(reversed(loso.folds)), loso.pooled, loso.config)
     with pytest.raises(ValueError, match="same cases"):
         other.delong(shuffled)
