@@ -10,7 +10,8 @@ default the tokens weighted by their patch's share of the tumour mask (``pooling
 representation on which a WP1 probe generalised to an unseen site, docs/results.md), each feature's
 maximum over the crop's patches lying at least half inside the brain (``pooling="max"``, the WP1
 global max embedding, ``ml.foundation.model.Embeddings.peak``, read from a crop as wide as the
-brain), or the mean of all the crop's tokens (``pooling="mean"``, version 1).
+brain; on the external site it scored below the lesion mean, docs/results.md 2026-12-04), or the
+mean of all the crop's tokens (``pooling="mean"``, version 1).
 
 Modes:
 
