@@ -223,18 +223,21 @@ def main(argv: list[str] | None = None) -> int:
         per = ", ".join(f"{f.split.test_site} {f.report.metrics['auc'].estimate:.3f}" for f in res.folds)
         loso_lines.append(f"{fam}: pooled AUC {m.estimate:.3f} [{m.lower:.3f}, {m.upper:.3f}]; per site {per}")
         print("LOSO " + loso_lines[-1], flush=True)
-    if "ts_rule" in loso:  # every other family against the rule on the same held-out cases (all sites)
-        for fam, res in loso.items():
-            if fam != "ts_rule":
-                d, per_site = res.delong(loso["ts_rule"])
-                lo, hi = d.conf_int()
-                sites = ", ".join(f"{f.split.test_site} {r.difference:+.3f}" for f, r in zip(res.folds, per_site,
-                                                                                            strict=True))
-                loso_lines.append(f"paired DeLong, {fam} vs T/S max rule, site-stratified (each site's cases "
-                                  f"ranked by the models that did not see it): mean AUC {d.auc1:.3f} vs "
-                                  f"{d.auc2:.3f}, difference {d.difference:+.3f} [{lo:+.3f}, {hi:+.3f}], "
-                                  f"p {d.p_value:.3g} (n={d.n_positive}+{d.n_negative}; by site {sites})")
-                print("LOSO " + loso_lines[-1], flush=True)
+    # every other family against the rule, and the foundation families against the scratch CNN, on the
+    # same held-out cases (each site's cases compared only with each other)
+    pairs = [(fam, "ts_rule") for fam in loso if fam != "ts_rule" and "ts_rule" in loso]
+    pairs += [(fam, "cnn") for fam in loso if fam in ("foundation", "probe") and "cnn" in loso]
+    names = {"ts_rule": "T/S max rule", "cnn": "the CNN"}
+    for fam, other in pairs:
+        d, per_site = loso[fam].delong(loso[other])
+        lo, hi = d.conf_int()
+        sites = ", ".join(f"{f.split.test_site} {r.difference:+.3f}" for f, r in zip(loso[fam].folds, per_site,
+                                                                                    strict=True))
+        loso_lines.append(f"paired DeLong, {fam} vs {names[other]}, site-stratified (each site's cases "
+                          f"ranked by the models that did not see it): mean AUC {d.auc1:.3f} vs "
+                          f"{d.auc2:.3f}, difference {d.difference:+.3f} [{lo:+.3f}, {hi:+.3f}], "
+                          f"p {d.p_value:.3g} (n={d.n_positive}+{d.n_negative}; by site {sites})")
+        print("LOSO " + loso_lines[-1], flush=True)
     print(f"\nwall time {wall / 60:.1f} min (learning curve), torch threads {args.threads}; plot {fig_path}")
     if args.write_docs:
         write_docs(args, lc, summary, delong_lines, loso_lines, wall, cohort)
