@@ -266,6 +266,17 @@ class DeLongResult:
         return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in out.items()}
 
 
+def _wald(diff: float, cov: np.ndarray) -> tuple[float, float, float]:
+    """SE, z and two-sided p of an AUC difference with 2x2 covariance ``cov`` (a zero variance: z 0
+    and p 1 for no difference, else an infinite z and p 0)."""
+    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    if var <= 1e-15:
+        z = 0.0 if abs(diff) < 1e-15 else float(np.sign(diff) * np.inf)
+        return 0.0, z, (1.0 if z == 0.0 else 0.0)
+    se = float(np.sqrt(var))
+    return se, float(diff / se), float(2 * stats.norm.sf(abs(diff / se)))
+
+
 def stratified_delong(results: Sequence[DeLongResult]) -> DeLongResult:
     """Paired DeLong comparisons on independent strata (e.g. the held-out sites of a
     leave-one-site-out) combined into one, each stratum weighted by its share of the cases.
@@ -285,16 +296,9 @@ def stratified_delong(results: Sequence[DeLongResult]) -> DeLongResult:
     auc1 = float(np.dot(w, [r.auc1 for r in results]))
     auc2 = float(np.dot(w, [r.auc2 for r in results]))
     cov = sum(wi ** 2 * r.covariance for wi, r in zip(w, results, strict=True))
-    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
     diff = auc1 - auc2
-    if var <= 1e-15:
-        se, z = 0.0, (0.0 if abs(diff) < 1e-15 else float(np.sign(diff) * np.inf))
-        p = 1.0 if z == 0.0 else 0.0
-    else:
-        se = float(np.sqrt(var))
-        z = diff / se
-        p = float(2 * stats.norm.sf(abs(z)))
-    return DeLongResult(auc1=auc1, auc2=auc2, difference=diff, se=se, z=float(z), p_value=p, covariance=cov,
+    se, z, p = _wald(diff, cov)
+    return DeLongResult(auc1=auc1, auc2=auc2, difference=diff, se=se, z=z, p_value=p, covariance=cov,
                         n_positive=sum(r.n_positive for r in results),
                         n_negative=sum(r.n_negative for r in results))
 
@@ -319,17 +323,9 @@ def delong_test(y_true: Any, score1: Any, score2: Any) -> DeLongResult:
     s10 = np.cov(np.vstack([v10a, v10b]), ddof=1)
     s01 = np.cov(np.vstack([v01a, v01b]), ddof=1)
     cov = s10 / k1 + s01 / k0
-    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
     diff = a1 - a2
-    if var <= 1e-15:
-        se = 0.0
-        z = 0.0 if abs(diff) < 1e-15 else float(np.sign(diff) * np.inf)
-        p = 1.0 if z == 0.0 else 0.0
-    else:
-        se = float(np.sqrt(var))
-        z = diff / se
-        p = float(2 * stats.norm.sf(abs(z)))
-    return DeLongResult(auc1=a1, auc2=a2, difference=diff, se=se, z=float(z), p_value=p,
+    se, z, p = _wald(diff, cov)
+    return DeLongResult(auc1=a1, auc2=a2, difference=diff, se=se, z=z, p_value=p,
                         covariance=cov, n_positive=k1, n_negative=k0)
 
 
